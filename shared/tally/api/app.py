@@ -1,0 +1,70 @@
+"""The FastAPI app factory every API function (and `tally dev`) builds its app with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tally import __version__
+from tally.errors import TallyError
+
+logger = Logger(child=True)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://tally.dev/problems/"
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem response; `code` is the machine-readable error name."""
+    body = {
+        "type": PROBLEM_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+async def _tally_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TallyError)
+    return problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return problem(422, "invalid_input", "Invalid input", "The request is not valid",
+                   errors=errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("Unhandled error in API")
+    return problem(500, "internal_error", "Internal error", "Something went wrong on our side")
+
+
+def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
+    app = FastAPI(title=title, version=__version__)
+    for router in routers:
+        app.include_router(router)
+    app.add_exception_handler(TallyError, _tally_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app

@@ -1,0 +1,51 @@
+"""FastAPI dependencies shared by every route group."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from fastapi import Depends, Request
+
+from tally.auth import Principal, Role, authorize, principal_from_authorizer, principal_from_token
+from tally.errors import Unauthorized
+from tally.settings import get_settings
+
+ACCESS_KEY = "x-tally-access"
+
+
+def _principal(request: Request) -> Principal:
+    settings = get_settings()
+    if settings.auth_mode == "apigw":
+        event = request.scope.get("aws.event") or {}
+        return principal_from_authorizer(event)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("A bearer token is required")
+    return principal_from_token(token.strip(), settings)
+
+
+@cache  # one callable per role, so FastAPI runs the check once per request
+def _requirement(role: Role) -> Callable[[Request], Principal | None]:
+    def check(request: Request) -> Principal | None:
+        if role is Role.PUBLIC:
+            return None
+        return authorize(_principal(request), role)
+
+    check.__name__ = f"require_{role.value}"
+    return check
+
+
+def access(role: Role) -> dict[str, Any]:
+    """Route keyword arguments declaring who may call it: `@router.get(path, **access(...))`."""
+    extra: dict[str, Any] = {ACCESS_KEY: role.value}
+    if role is not Role.PUBLIC:
+        extra["security"] = [{"bearerAuth": [role.scope]}]
+    return {"dependencies": [Depends(_requirement(role))], "openapi_extra": extra}
+
+
+def caller(role: Role) -> Any:
+    """A parameter default that hands the route its verified principal."""
+    return Depends(_requirement(role))

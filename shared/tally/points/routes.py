@@ -1,0 +1,86 @@
+"""HTTP routes of the points system. Thin: validate, call the service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from tally.api.deps import access, caller
+from tally.auth import Principal, Role
+from tally.points import service
+from tally.points.models import (
+    AbuseFlagOut,
+    AchievementOut,
+    FlagReview,
+    LeaderboardPage,
+    UserProfile,
+    VerificationIn,
+    VerificationOut,
+)
+from tally.settings import get_settings
+
+Wallet = Annotated[str, Path(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_:.\-]+$")]
+
+leaderboard_router = APIRouter(tags=["points"])
+verification_router = APIRouter(tags=["verifications"])
+admin_router = APIRouter(tags=["admin"])
+
+
+@leaderboard_router.get("/api/leaderboard", **access(Role.PUBLIC))
+def get_leaderboard(
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=600)] = None,
+) -> LeaderboardPage:
+    return service.leaderboard(min(limit, get_settings().leaderboard_page_max), cursor)
+
+
+@leaderboard_router.get("/api/users/{wallet}", **access(Role.PUBLIC))
+def get_user(wallet: Wallet) -> UserProfile:
+    return service.user_profile(wallet)
+
+
+@leaderboard_router.get("/api/users/{wallet}/achievements", **access(Role.PUBLIC))
+def get_user_achievements(wallet: Wallet) -> list[AchievementOut]:
+    return service.user_achievements(wallet)
+
+
+@leaderboard_router.get("/api/me", **access(Role.USER))
+def get_me(principal: Principal = caller(Role.USER)) -> UserProfile:
+    return service.user_profile(principal.subject)
+
+
+@verification_router.post(
+    "/api/verifications", status_code=status.HTTP_201_CREATED, **access(Role.SERVICE)
+)
+def post_verification(body: VerificationIn, response: Response) -> VerificationOut:
+    session, created = service.record_verification(body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return session
+
+
+@verification_router.get("/api/verifications/{session_id}", **access(Role.SERVICE))
+def get_verification(session_id: UUID) -> VerificationOut:
+    return service.get_verification(session_id)
+
+
+@admin_router.get("/api/admin/flags", **access(Role.ADMIN))
+def get_flags(
+    flag_status: Annotated[
+        Literal["open", "cleared", "rejected"] | None, Query(alias="status")
+    ] = "open",
+    cursor: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[AbuseFlagOut]:
+    return service.list_flags(flag_status, cursor, limit)
+
+
+@admin_router.post("/api/admin/flags/{flag_id}/review", **access(Role.ADMIN))
+def post_flag_review(
+    flag_id: Annotated[int, Path(ge=1)],
+    review: FlagReview,
+    principal: Principal = caller(Role.ADMIN),
+) -> AbuseFlagOut:
+    return service.review_flag(flag_id, review, reviewer=principal.subject)

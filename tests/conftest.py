@@ -1,0 +1,86 @@
+"""Test fixtures: a real PostgreSQL (embedded, or DATABASE_URL's server) for every test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.support import TEST_JWT_SECRET
+
+# Set before any tally module reads its settings.
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Tally")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "tally")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def _server_url() -> tuple[str, Any]:
+    given = os.environ.get("TALLY_TEST_SERVER_URL") or os.environ.get("DATABASE_URL")
+    if given:
+        return given, None
+    from tally.local.embedded import start
+
+    folder = Path(tempfile.mkdtemp(prefix="tally-test-pg-"))
+    return start(folder / "pgdata", database="postgres", cleanup="delete"), folder
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test session on a throwaway (or the given) server."""
+    server_url, _ = _server_url()
+    os.environ["TALLY_TEST_SERVER_URL"] = server_url
+    name = f"tally_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    os.environ["DATABASE_URL"] = url
+    os.environ["TALLY_JWT_SECRET"] = TEST_JWT_SECRET
+    os.environ["TALLY_AUTH_MODE"] = "local"
+    from tally.settings import reset_settings
+
+    reset_settings()
+    from tally.db.connection import get_connection
+    from tally.db.migrate import migrate
+
+    migrate(get_connection())
+    yield url
+    from tally.db.connection import close_connection
+
+    close_connection()
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _truncate(conn: psycopg.Connection[Any]) -> None:
+    tables = [
+        r["tablename"]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename NOT IN ('schema_migrations', 'platform_counters')"
+        ).fetchall()
+    ]
+    if tables:
+        conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    conn.execute("UPDATE platform_counters SET value = 0")
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """An empty schema and a separate connection to inspect it with."""
+    from tally.settings import reset_settings
+
+    reset_settings()
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        _truncate(conn)
+        yield conn
+    reset_settings()
