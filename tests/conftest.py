@@ -84,3 +84,36 @@ def db(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         _truncate(conn)
         yield conn
     reset_settings()
+
+
+@pytest.fixture(scope="session")
+def api_url(database_url: str) -> Iterator[str]:
+    """`tally dev`'s app, served over real HTTP on a loopback port for the session."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from tally.local import template
+    from tally.local.runtime import build_local_app
+
+    app = build_local_app(template.load())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def client(api_url: str, db: Any) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=api_url, timeout=10) as http:
+        yield http

@@ -49,3 +49,26 @@ def verification_body(
         "metadata": metadata,
         "results": results,
     }
+
+
+def token(subject: str = "tester", *roles: str, ttl_s: int = 600, **overrides: Any) -> str:
+    """A bearer token signed with the test key (roles: user, service, admin)."""
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "iss": "tally-local",
+        "aud": "tally",
+        "iat": now,
+        "exp": now + ttl_s,
+        "scope": " ".join(f"tally/{r}" for r in roles),
+        **overrides,
+    }
+    return jwt.encode(claims, overrides.pop("key", TEST_JWT_SECRET), algorithm="HS256")
+
+
+def auth(subject: str = "tester", *roles: str, **overrides: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(subject, *roles, **overrides)}"}

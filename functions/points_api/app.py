@@ -9,7 +9,8 @@ from tally.api.app import create_app
 from tally.observability import API_CORRELATION, lambda_handler
 from tally.points.routes import leaderboard_router
 
-app = create_app("Tally points API", [leaderboard_router])
+ROUTERS = [leaderboard_router]
+app = create_app("Tally points API", ROUTERS)
 _asgi = Mangum(app, lifespan="off")
 
 

@@ -9,7 +9,8 @@ from tally.api.app import create_app
 from tally.observability import API_CORRELATION, lambda_handler
 from tally.points.routes import admin_router, verification_router
 
-app = create_app("Tally verification API", [verification_router, admin_router])
+ROUTERS = [verification_router, admin_router]
+app = create_app("Tally verification API", ROUTERS)
 _asgi = Mangum(app, lifespan="off")
 
 

@@ -59,6 +59,15 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal_error", "Internal error", "Something went wrong on our side")
 
 
+def route_table(app: FastAPI) -> list[tuple[str, str, str | None]]:
+    """(method, path, access) of every documented route, read from the OpenAPI schema."""
+    table = []
+    for path, operations in app.openapi().get("paths", {}).items():
+        for method, operation in operations.items():
+            table.append((method.upper(), path, operation.get("x-tally-access")))
+    return sorted(table)
+
+
 def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     app = FastAPI(title=title, version=__version__)
     for router in routers:

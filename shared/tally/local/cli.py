@@ -19,7 +19,7 @@ def ensure_dev_secret(data_dir: Path) -> None:
     """The local signing key for `tally token`, kept in .tally/ so tokens survive restarts."""
     if os.environ.get("TALLY_JWT_SECRET"):
         return
-    data_dir.mkdir(exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     key_file = data_dir / "dev-jwt-secret"
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(48))
@@ -27,10 +27,15 @@ def ensure_dev_secret(data_dir: Path) -> None:
     os.environ["TALLY_JWT_SECRET"] = key_file.read_text().strip()
 
 
+def data_dir_for(root: Path) -> Path:
+    """Where local state lives: TALLY_HOME, else .tally/ in the project (git-ignored)."""
+    return Path(os.environ.get("TALLY_HOME") or root / ".tally")
+
+
 def prepare_environment(root: Path) -> str:
     """Point Tally at a database (DATABASE_URL, else the embedded one) and a dev signing key."""
-    data_dir = root / ".tally"
-    data_dir.mkdir(exist_ok=True)
+    data_dir = data_dir_for(root)
+    data_dir.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("DATABASE_URL"):
         from tally.local.embedded import start
 
@@ -116,7 +121,7 @@ def cmd_seed(args: argparse.Namespace, root: Path) -> int:
 def cmd_token(args: argparse.Namespace, root: Path) -> int:
     from tally.auth import Role, issue_token
 
-    ensure_dev_secret(root / ".tally")
+    ensure_dev_secret(data_dir_for(root))
     from tally.settings import reset_settings
 
     reset_settings()

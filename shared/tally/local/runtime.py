@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from tally.api.app import create_app
 from tally.local.invoke import invoke, load_module
@@ -22,19 +22,16 @@ logger = Logger(child=True)
 
 
 def build_local_app(template: Template) -> FastAPI:
-    """One app with the routes of every API function, taken from the functions' own apps."""
-    app = create_app("Tally (local)", [])
-    app.openapi_schema = None
+    """One app with the routers of every API function, taken from the functions' own modules."""
+    routers: list[APIRouter] = []
     for fn in template.functions.values():
         if not fn.routes:
             continue
-        function_app = getattr(load_module(fn), "app", None)
-        if not isinstance(function_app, FastAPI):
+        module = load_module(fn)
+        if not isinstance(getattr(module, "app", None), FastAPI):
             raise TypeError(f"{fn.logical_id} has HTTP routes but its module has no FastAPI app")
-        app.router.routes.extend(
-            r for r in function_app.router.routes if getattr(r, "include_in_schema", False)
-        )
-    return app
+        routers.extend(module.ROUTERS)
+    return create_app("Tally (local)", routers)
 
 
 class Scheduler:

@@ -1,0 +1,170 @@
+"""Every sample event in events/ invokes its real handler, as `tally invoke` does."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tally.local import template as template_mod
+from tally.local.invoke import invoke
+from tally.points import service
+from tally.points.models import VerificationIn
+from tally.settings import reset_settings
+from tests.support import EVENTS, load_event
+
+TEMPLATE = template_mod.load()
+EVENT_FILES = sorted(p.name for p in EVENTS.glob("*.json"))
+
+
+def function_for(event_name: str) -> str:
+    matches = [
+        fn for fn in TEMPLATE.functions.values() if event_name.startswith(fn.code_uri.name + "_")
+        or event_name == fn.code_uri.name + ".json"
+    ]
+    assert len(matches) == 1, f"{event_name} belongs to no single function"
+    return matches[0].logical_id
+
+
+@pytest.fixture
+def apigw_auth(monkeypatch: pytest.MonkeyPatch, db: Any) -> Iterator[None]:
+    """Invoked like Lambda behind API Gateway: the authorizer's claims are in the event."""
+    monkeypatch.setenv("TALLY_AUTH_MODE", "apigw")
+    reset_settings()
+    yield
+    reset_settings()
+
+
+@pytest.fixture
+def cfn_endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback stand-in for CloudFormation's pre-signed response URL."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/response", received
+    server.shutdown()
+
+
+def seed_from_events() -> None:
+    """The wallet and session the sample events refer to, awarded as in production."""
+    post = load_event("verification_api_post_verification.json")
+    service.record_verification(VerificationIn.model_validate_json(post["body"]))
+    service.award_pending()
+
+
+@pytest.mark.parametrize("event_name", EVENT_FILES)
+def test_event_invokes_its_function(
+    event_name: str, apigw_auth: None, cfn_endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    seed_from_events()
+    event = load_event(event_name)
+    url, received = cfn_endpoint
+    if "ResponseURL" in event:
+        event["ResponseURL"] = url
+    result = invoke(TEMPLATE, function_for(event_name), event)
+    if "statusCode" in result:
+        assert result["statusCode"] < 400, result.get("body")
+        json.loads(result["body"])
+    if "ResponseURL" in event:
+        assert received and received[0]["Status"] == "SUCCESS", received
+
+
+def test_every_function_has_a_sample_event() -> None:
+    covered = {function_for(name) for name in EVENT_FILES}
+    assert covered == set(TEMPLATE.functions)
+
+
+def test_award_handler_emits_business_metrics(
+    apigw_auth: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    post = load_event("verification_api_post_verification.json")
+    service.record_verification(VerificationIn.model_validate_json(post["body"]))
+    result = invoke(TEMPLATE, "AwardPointsFunction", load_event("award_points.json"))
+    assert result["awarded"] == 1
+    emf = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines()
+        if line.startswith("{") and '"_aws"' in line
+    ]
+    names = {m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"]
+             for m in d["Metrics"]}
+    assert {"PointsAwarded", "AwardFailures"} <= names
+    awarded = next(blob for blob in emf if "PointsAwarded" in blob)
+    assert awarded["PointsAwarded"] == 1.0 or awarded["PointsAwarded"] == [1.0]
+
+
+def test_award_handler_rejects_bad_schedule_input(apigw_auth: None) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        invoke(TEMPLATE, "AwardPointsFunction", {"batch_size": -1})
+    with pytest.raises(ValidationError):
+        invoke(TEMPLATE, "AwardPointsFunction", {"unknown": 1})
+
+
+def test_api_handler_refuses_events_without_verified_claims(apigw_auth: None) -> None:
+    event = load_event("verification_api_post_verification.json")
+    del event["requestContext"]["authorizer"]
+    result = invoke(TEMPLATE, "VerificationApiFunction", event)
+    assert result["statusCode"] == 401
+    event = load_event("verification_api_post_verification.json")
+    event["requestContext"]["authorizer"]["jwt"]["claims"]["scope"] = "tally/user"
+    assert invoke(TEMPLATE, "VerificationApiFunction", event)["statusCode"] == 403
+
+
+def test_migration_failure_is_reported_to_cloudformation(
+    apigw_auth: None,
+    cfn_endpoint: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tally.db.deploy as deploy
+
+    def broken() -> list[str]:
+        raise psycopg.OperationalError("could not connect")
+
+    monkeypatch.setattr(deploy, "run_migrations", broken)
+    url, received = cfn_endpoint
+    event = load_event("migrate_custom_resource_create.json") | {"ResponseURL": url}
+    result = invoke(TEMPLATE, "MigrateFunction", event)
+    assert result["Status"] == "FAILED"
+    assert received[0]["Status"] == "FAILED"
+    assert "could not connect" in received[0]["Reason"]
+    assert received[0]["PhysicalResourceId"] == deploy.PHYSICAL_ID
+
+
+def test_stack_delete_does_not_migrate(
+    apigw_auth: None,
+    cfn_endpoint: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tally.db.deploy as deploy
+
+    calls: list[int] = []
+    monkeypatch.setattr(deploy, "run_migrations", lambda: calls.append(1) or [])
+    url, received = cfn_endpoint
+    event = load_event("migrate_custom_resource_create.json") | {
+        "ResponseURL": url, "RequestType": "Delete", "PhysicalResourceId": deploy.PHYSICAL_ID}
+    invoke(TEMPLATE, "MigrateFunction", event)
+    assert calls == [] and received[0]["Status"] == "SUCCESS"
+
+
+def test_events_are_valid_json_objects() -> None:
+    for path in Path(EVENTS).glob("*.json"):
+        assert isinstance(json.loads(path.read_text()), dict), path
