@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 # `sam build` needs the Lambda runtime's Python (3.13) on PATH; pyenv machines provide it so.
-export PYENV_VERSION ?= 3.11.7:3.12.1:3.13.0
+SAM_PYENV_VERSION ?= 3.11.7:3.12.1:3.13.0
 export SAM_CLI_TELEMETRY := 0
 
 .PHONY: dev test install lint format typecheck sam-validate sam-build bench clean
@@ -45,7 +45,7 @@ sam-validate: $(TOOLS_STAMP)
 	$(TOOLS)/bin/sam validate --lint
 
 sam-build: $(TOOLS_STAMP)
-	$(TOOLS)/bin/sam build
+	PYENV_VERSION=$(SAM_PYENV_VERSION) $(TOOLS)/bin/sam build
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

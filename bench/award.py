@@ -74,6 +74,7 @@ class AwardReport:
 def quiet_award_logs() -> None:
     """Send tally's log lines to /dev/null: still formatted per award as in Lambda (that cost
     is part of the sweep), but 100k JSON lines would bury the bench's own output."""
+    import tally.observability  # noqa: F401 - creates the "tally" logger and its handler
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     for handler in logging.getLogger("tally").handlers:
         if isinstance(handler, logging.StreamHandler):
@@ -101,7 +102,7 @@ def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
                    'rarityScore', round((20 + random() * 80)::numeric, 1),
                    'qualityScore', round((0.35 + random() * 0.65)::numeric, 3),
                    'subject', subject,
-                   'specificityGrade', %(grades)s::text[][1 + floor(random() * %(n_grades)s)::int],
+                   'specificityGrade', (%(grades)s::text[])[1 + floor(random() * %(n_grades)s)::int],
                    'verifiedClaims', random() < 0.3,
                    'contentHash', md5(%(tag)s || ':' || g)),
                NULL, now()
@@ -111,7 +112,7 @@ def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
                        AS wallet,
                    CASE WHEN random() < %(tail)s
                         THEN 'field recording ' || floor(random() * %(tail_n)s)::int
-                        ELSE %(subjects)s::text[][1 + floor(random() * %(n_subjects)s)::int]
+                        ELSE (%(subjects)s::text[])[1 + floor(random() * %(n_subjects)s)::int]
                    END AS subject,
                    CASE WHEN random() < 0.9
                         THEN (ARRAY[1, 5, 20, 50, 120, 300])[1 + floor(random() * 6)::int]
@@ -272,8 +273,7 @@ def check_consistency(conn: Conn, expected_awards: int) -> tuple[dict[str, bool]
     )
     distinct_numbers = one("SELECT count(DISTINCT dataset_number) FROM user_submissions")
     checks = {
-        "ledger sum == sum of users.total_points": totals["ledger_points"]
-        == totals["user_points"],
+        "ledger sum == sum of users.total_points": totals["ledger_points"] == totals["user_points"],
         "every user's total == their ledger entries": users_off == 0,
         "no session in the ledger twice": sessions_paid_twice == 0,
         "one submission per awarded session": totals["submissions"]
@@ -319,7 +319,9 @@ def run(database_url: str, *, pending: int, concurrent: int, batch_size: int) ->
         insert_pending(conn, pending, wallets, tag="sequential")
         log(f"award: sequential sweep, batch_size={batch_size}")
         sequential = sequential_sweep(pending, batch_size)
-        log(f"award: {sequential.awarded:,} in {sequential.seconds:.1f}s = {sequential.rate:,.0f}/s")
+        log(
+            f"award: {sequential.awarded:,} in {sequential.seconds:.1f}s = {sequential.rate:,.0f}/s"
+        )
 
         log(f"award: queueing {concurrent:,} more sessions for two concurrent sweeps")
         insert_pending(conn, concurrent, wallets, tag="concurrent")
@@ -331,4 +333,3 @@ def run(database_url: str, *, pending: int, concurrent: int, batch_size: int) ->
     for name, ok in checks.items():
         log(f"award: check {'ok  ' if ok else 'FAIL'} {name}")
     return AwardReport(batch_size, sequential, parallel, checks, totals, plan)
-

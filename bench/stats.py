@@ -51,9 +51,7 @@ class Summary:
         )
 
 
-def time_calls(
-    call: Callable[[int], Any], repetitions: int, warmup: int = 10
-) -> list[float]:
+def time_calls(call: Callable[[int], Any], repetitions: int, warmup: int = 10) -> list[float]:
     """Wall time of each call(i), in seconds, after a few untimed calls to warm the caches.
 
     The index lets a caller vary the input (e.g. a different user per call).

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-
 from tally.points import service
+
 from tests.support import auth, verification_body
 
 SERVICE = auth("audio-verifier", "service")
@@ -37,8 +37,7 @@ def set_points(db: psycopg.Connection[Any], points: dict[str, int]) -> None:
 
 
 def test_verification_to_points_to_rank(client: httpx.Client) -> None:
-    body = verification_body(WALLET, rarity=85, quality=0.8, grade="A", verified=True,
-                             samples=120)
+    body = verification_body(WALLET, rarity=85, quality=0.8, grade="A", verified=True, samples=120)
     created = client.post("/api/verifications", json=body, headers=SERVICE)
     assert created.status_code == 201, created.text
     assert created.json()["points_status"] is None
@@ -59,8 +58,12 @@ def test_verification_to_points_to_rank(client: httpx.Client) -> None:
 
     board = client.get("/api/leaderboard").json()
     assert board["items"][0] == {
-        "rank": 1, "is_tied": False, "wallet_address": WALLET, "total_points": 2785,
-        "tier": "Bronze", "total_submissions": 1,
+        "rank": 1,
+        "is_tied": False,
+        "wallet_address": WALLET,
+        "total_points": 2785,
+        "tier": "Bronze",
+        "total_submissions": 1,
     }
     achievements = client.get(f"/api/users/{WALLET}/achievements").json()
     assert "first_blood" in {a["key"] for a in achievements}
@@ -110,7 +113,8 @@ def test_invalid_verification_is_a_422_problem_and_changes_nothing(
 
 def test_malformed_json_is_a_422(client: httpx.Client) -> None:
     response = client.post(
-        "/api/verifications", content=b"{not json",
+        "/api/verifications",
+        content=b"{not json",
         headers={**SERVICE, "content-type": "application/json"},
     )
     assert response.status_code == 422
@@ -150,8 +154,21 @@ def test_admin_and_user_routes_refuse_other_scopes(client: httpx.Client) -> None
 def test_competition_ranks_and_cursor_pages(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    set_points(db, {f"0x{w}": p for w, p in
-                    {"a": 500, "b": 400, "c": 400, "d": 400, "e": 300, "f": 300, "g": 100}.items()})
+    set_points(
+        db,
+        {
+            f"0x{w}": p
+            for w, p in {
+                "a": 500,
+                "b": 400,
+                "c": 400,
+                "d": 400,
+                "e": 300,
+                "f": 300,
+                "g": 100,
+            }.items()
+        },
+    )
     seen: list[dict[str, Any]] = []
     cursor = None
     while True:
@@ -164,8 +181,13 @@ def test_competition_ranks_and_cursor_pages(
         if cursor is None:
             break
     assert [(e["wallet_address"][2:], e["rank"], e["is_tied"]) for e in seen] == [
-        ("a", 1, False), ("b", 2, True), ("c", 2, True), ("d", 2, True),
-        ("e", 5, True), ("f", 5, True), ("g", 7, False),
+        ("a", 1, False),
+        ("b", 2, True),
+        ("c", 2, True),
+        ("d", 2, True),
+        ("e", 5, True),
+        ("f", 5, True),
+        ("g", 7, False),
     ]
     assert client.get("/api/users/0xd").json()["rank"] == 2
     assert client.get("/api/users/0xg").json()["rank"] == 7
@@ -197,18 +219,25 @@ def test_admin_reviews_a_held_award_over_http(client: httpx.Client) -> None:
     service.award_pending()
     flags = client.get("/api/admin/flags", headers=ADMIN).json()
     assert [f["reason"] for f in flags] == ["duplicate_content"]
-    review = client.post(f"/api/admin/flags/{flags[0]['id']}/review",
-                         json={"decision": "clear"}, headers=ADMIN)
+    review = client.post(
+        f"/api/admin/flags/{flags[0]['id']}/review", json={"decision": "clear"}, headers=ADMIN
+    )
     assert review.status_code == 200
     assert review.json()["status"] == "cleared"
     assert review.json()["reviewed_by"] == "admin@example.com"
-    bad = client.post(f"/api/admin/flags/{flags[0]['id']}/review",
-                      json={"decision": "maybe"}, headers=ADMIN)
+    bad = client.post(
+        f"/api/admin/flags/{flags[0]['id']}/review", json={"decision": "maybe"}, headers=ADMIN
+    )
     assert bad.status_code == 422
-    again = client.post(f"/api/admin/flags/{flags[0]['id']}/review",
-                        json={"decision": "clear"}, headers=ADMIN)
+    again = client.post(
+        f"/api/admin/flags/{flags[0]['id']}/review", json={"decision": "clear"}, headers=ADMIN
+    )
     assert again.status_code == 409
-    assert client.post("/api/admin/flags/999/review", json={"decision": "clear"},
-                       headers=ADMIN).status_code == 404
+    assert (
+        client.post(
+            "/api/admin/flags/999/review", json={"decision": "clear"}, headers=ADMIN
+        ).status_code
+        == 404
+    )
     assert service.award_pending().awarded == 1
     assert client.get("/api/users/0xsecond001").json()["total_points"] > 0

@@ -7,11 +7,11 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from tally.db.connection import close_connection
 from tally.points import service
 from tally.points.models import FlagReview, VerificationIn
 from tally.points.repository import PointsRepository
+
 from tests.support import verification_body
 
 WALLET = "0xabc0000000000000000000000000000000000001"
@@ -41,7 +41,9 @@ def assert_ledger_matches_totals(db: psycopg.Connection[Any]) -> None:
     assert mismatches == []
 
 
-def test_award_writes_everything_in_one_go(db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture) -> None:
+def test_award_writes_everything_in_one_go(
+    db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
     sid = record(wallet=WALLET, rarity=85, quality=0.8, grade="A", verified=True, samples=120)
     result = service.award_pending()
     assert (result.awarded, result.failed, result.held) == (1, 0, 0)
@@ -71,7 +73,9 @@ def test_second_run_changes_nothing(db: psycopg.Connection[Any]) -> None:
     before = db.execute("SELECT count(*) AS n, sum(points) AS p FROM points_ledger").fetchone()
     again = service.award_pending()
     assert (again.awarded, again.skipped, again.failed) == (0, 0, 0)
-    assert db.execute("SELECT count(*) AS n, sum(points) AS p FROM points_ledger").fetchone() == before
+    assert (
+        db.execute("SELECT count(*) AS n, sum(points) AS p FROM points_ledger").fetchone() == before
+    )
 
 
 def test_no_wallet_is_skipped_with_the_guides_log_line(
@@ -223,8 +227,10 @@ def test_two_concurrent_sweeps_award_each_session_once(db: psycopg.Connection[An
         "SELECT count(*) AS n, count(DISTINCT source_id) AS d FROM points_ledger"
     ).fetchone()
     assert counts == {"n": 120, "d": 120}
-    numbers = [r["dataset_number"] for r in db.execute(
-        "SELECT dataset_number FROM user_submissions ORDER BY dataset_number")]
+    numbers = [
+        r["dataset_number"]
+        for r in db.execute("SELECT dataset_number FROM user_submissions ORDER BY dataset_number")
+    ]
     assert numbers == list(range(1, 121))
     assert_ledger_matches_totals(db)
 

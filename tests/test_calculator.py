@@ -7,7 +7,6 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tally.points.calculator import (
     SPECIFICITY_MULTIPLIERS,
     PointsInput,
@@ -35,8 +34,15 @@ def test_hand_computed_award() -> None:
     # 85 rarity, quality 0.8 -> 1.4, first bulk 2.0, subject new -> 5.0, grade A 1.3,
     # verified 1.2, dataset #1 -> 1.5: 85 * 1.4 * 2 * 5 * 1.3 * 1.2 * 1.5 = 2784.6 -> 2785
     b = calculate_points(
-        PointsInput(rarity_score=85, quality_score=0.8, specificity_grade="A", verified=True,
-                    is_first_bulk=True, subject_dataset_count=0, dataset_number=1),
+        PointsInput(
+            rarity_score=85,
+            quality_score=0.8,
+            specificity_grade="A",
+            verified=True,
+            is_first_bulk=True,
+            subject_dataset_count=0,
+            dataset_number=1,
+        ),
         **RULES,
     )
     assert b.quality_multiplier == 1.4
@@ -48,8 +54,13 @@ def test_hand_computed_award() -> None:
 
 def test_plain_award_after_early_window() -> None:
     b = calculate_points(
-        PointsInput(rarity_score=50, quality_score=0.6, specificity_grade="F",
-                    subject_dataset_count=30, dataset_number=101),
+        PointsInput(
+            rarity_score=50,
+            quality_score=0.6,
+            specificity_grade="F",
+            subject_dataset_count=30,
+            dataset_number=101,
+        ),
         **RULES,
     )
     # 50 * 1.3 * 1 * 0.5 * 1 * 1 * 1 = 32.5 -> 33 (half up)
@@ -58,15 +69,23 @@ def test_plain_award_after_early_window() -> None:
 
 
 def test_quality_gate() -> None:
-    b = calculate_points(PointsInput(rarity_score=90, quality_score=0.29, dataset_number=5),
-                         **RULES)
+    b = calculate_points(
+        PointsInput(rarity_score=90, quality_score=0.29, dataset_number=5), **RULES
+    )
     assert b.points == 0 and b.gated and b.gate_reason == "quality_below_minimum"
 
 
 @pytest.mark.parametrize(
     ("count", "tier", "mult"),
-    [(0, "Critical", 5.0), (2, "Critical", 5.0), (3, "High", 3.0), (6, "Medium", 2.0),
-     (11, "Common", 1.0), (24, "Common", 1.0), (25, "Oversaturated", 0.5)],
+    [
+        (0, "Critical", 5.0),
+        (2, "Critical", 5.0),
+        (3, "High", 3.0),
+        (6, "Medium", 2.0),
+        (11, "Common", 1.0),
+        (24, "Common", 1.0),
+        (25, "Oversaturated", 0.5),
+    ],
 )
 def test_subject_rarity_tiers(count: int, tier: str, mult: float) -> None:
     assert subject_rarity(count) == (tier, mult)
@@ -74,9 +93,20 @@ def test_subject_rarity_tiers(count: int, tier: str, mult: float) -> None:
 
 @pytest.mark.parametrize(
     ("points", "tier"),
-    [(0, "Contributor"), (999, "Contributor"), (1000, "Bronze"), (4999, "Bronze"),
-     (5000, "Silver"), (10_000, "Gold"), (25_000, "Platinum"), (49_999, "Platinum"),
-     (50_000, "Diamond"), (99_999, "Diamond"), (100_000, "Legend"), (10**9, "Legend")],
+    [
+        (0, "Contributor"),
+        (999, "Contributor"),
+        (1000, "Bronze"),
+        (4999, "Bronze"),
+        (5000, "Silver"),
+        (10_000, "Gold"),
+        (25_000, "Platinum"),
+        (49_999, "Platinum"),
+        (50_000, "Diamond"),
+        (99_999, "Diamond"),
+        (100_000, "Legend"),
+        (10**9, "Legend"),
+    ],
 )
 def test_tiers(points: int, tier: str) -> None:
     assert tier_for(points) == tier
@@ -97,9 +127,14 @@ def test_multipliers_stay_in_their_ranges(data: PointsInput) -> None:
 @given(inputs)
 def test_breakdown_reproduces_the_total(data: PointsInput) -> None:
     b = calculate_points(data, **RULES)
-    product = (b.quality_multiplier * b.bulk_multiplier * b.subject_rarity_multiplier
-               * b.specificity_multiplier * b.verification_multiplier
-               * b.early_contributor_multiplier)
+    product = (
+        b.quality_multiplier
+        * b.bulk_multiplier
+        * b.subject_rarity_multiplier
+        * b.specificity_multiplier
+        * b.verification_multiplier
+        * b.early_contributor_multiplier
+    )
     assert math.isclose(product, b.total_multiplier, rel_tol=1e-6)
     expected = 0 if b.gated else math.floor(b.base_points * product + 0.5)
     assert b.points == expected
@@ -112,16 +147,20 @@ def _with(data: PointsInput, **changes: object) -> PointsInput:
 @given(inputs, st.floats(0, 100, allow_nan=False))
 def test_monotonic_in_rarity(data: PointsInput, other: float) -> None:
     low, high = sorted([data.rarity_score, other])
-    assert (calculate_points(_with(data, rarity_score=low), **RULES).points
-            <= calculate_points(_with(data, rarity_score=high), **RULES).points)
+    assert (
+        calculate_points(_with(data, rarity_score=low), **RULES).points
+        <= calculate_points(_with(data, rarity_score=high), **RULES).points
+    )
 
 
 @given(inputs, st.floats(0.3, 1, allow_nan=False))
 def test_monotonic_in_quality_above_the_gate(data: PointsInput, other: float) -> None:
     data = _with(data, quality_score=max(data.quality_score, 0.3))
     low, high = sorted([data.quality_score, other])
-    assert (calculate_points(_with(data, quality_score=low), **RULES).points
-            <= calculate_points(_with(data, quality_score=high), **RULES).points)
+    assert (
+        calculate_points(_with(data, quality_score=low), **RULES).points
+        <= calculate_points(_with(data, quality_score=high), **RULES).points
+    )
 
 
 @given(inputs)
@@ -135,22 +174,28 @@ def test_each_flag_multiplier_never_lowers_points(data: PointsInput) -> None:
 @given(inputs, st.integers(0, 1000))
 def test_rarer_subjects_never_earn_less(data: PointsInput, other: int) -> None:
     few, many = sorted([data.subject_dataset_count, other])
-    assert (calculate_points(_with(data, subject_dataset_count=many), **RULES).points
-            <= calculate_points(_with(data, subject_dataset_count=few), **RULES).points)
+    assert (
+        calculate_points(_with(data, subject_dataset_count=many), **RULES).points
+        <= calculate_points(_with(data, subject_dataset_count=few), **RULES).points
+    )
 
 
 @given(inputs)
 def test_better_grades_never_earn_less(data: PointsInput) -> None:
-    points = [calculate_points(_with(data, specificity_grade=g), **RULES).points
-              for g in ("F", "D", "C", "B", "A")]
+    points = [
+        calculate_points(_with(data, specificity_grade=g), **RULES).points
+        for g in ("F", "D", "C", "B", "A")
+    ]
     assert points == sorted(points)
 
 
 @given(inputs, st.integers(1, 10_000))
 def test_earlier_datasets_never_earn_less(data: PointsInput, other: int) -> None:
     early, late = sorted([data.dataset_number, other])
-    assert (calculate_points(_with(data, dataset_number=late), **RULES).points
-            <= calculate_points(_with(data, dataset_number=early), **RULES).points)
+    assert (
+        calculate_points(_with(data, dataset_number=late), **RULES).points
+        <= calculate_points(_with(data, dataset_number=early), **RULES).points
+    )
 
 
 def test_quality_multiplier_is_linear() -> None:

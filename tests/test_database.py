@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from tally.db import connection
 from tally.db.migrate import Migration, MigrationError, load_migrations, migrate
 from tally.settings import Settings
@@ -53,8 +52,10 @@ def test_failed_migration_leaves_nothing_behind(scratch_db: str) -> None:
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
             migrate(conn, broken)
-        tables = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
         assert "a" in tables and "b" not in tables
         assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
 
@@ -100,8 +101,9 @@ def test_connection_left_in_a_transaction_is_rolled_back(db: psycopg.Connection[
     conn.execute("INSERT INTO platform_counters (name, value) VALUES ('leftover', 1)")
     again = connection.get_connection()
     assert again is conn
-    assert db.execute("SELECT count(*) AS n FROM platform_counters WHERE name = 'leftover'"
-                      ).fetchone() == {"n": 0}
+    assert db.execute(
+        "SELECT count(*) AS n FROM platform_counters WHERE name = 'leftover'"
+    ).fetchone() == {"n": 0}
 
 
 def test_credentials_from_secrets_manager(
@@ -123,7 +125,8 @@ def test_credentials_from_secrets_manager(
         import boto3
 
         arn = boto3.client("secretsmanager", region_name="us-east-1").create_secret(
-            Name="tally/db", SecretString=json.dumps(secret))["ARN"]
+            Name="tally/db", SecretString=json.dumps(secret)
+        )["ARN"]
         settings = Settings.model_validate({"DB_SECRET_ARN": arn})
         assert settings.database_url is None
         conn = connection.connect(settings)

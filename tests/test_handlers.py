@@ -11,12 +11,12 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from tally.local import template as template_mod
 from tally.local.invoke import invoke
 from tally.points import service
 from tally.points.models import VerificationIn
 from tally.settings import reset_settings
+
 from tests.support import EVENTS, load_event
 
 TEMPLATE = template_mod.load()
@@ -25,8 +25,9 @@ EVENT_FILES = sorted(p.name for p in EVENTS.glob("*.json"))
 
 def function_for(event_name: str) -> str:
     matches = [
-        fn for fn in TEMPLATE.functions.values() if event_name.startswith(fn.code_uri.name + "_")
-        or event_name == fn.code_uri.name + ".json"
+        fn
+        for fn in TEMPLATE.functions.values()
+        if event_name.startswith(fn.code_uri.name + "_") or event_name == fn.code_uri.name + ".json"
     ]
     assert len(matches) == 1, f"{event_name} belongs to no single function"
     return matches[0].logical_id
@@ -47,7 +48,7 @@ def cfn_endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     received: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+        def do_PUT(self) -> None:
             length = int(self.headers["Content-Length"])
             received.append(json.loads(self.rfile.read(length)))
             self.send_response(200)
@@ -100,11 +101,13 @@ def test_award_handler_emits_business_metrics(
     result = invoke(TEMPLATE, "AwardPointsFunction", load_event("award_points.json"))
     assert result["awarded"] == 1
     emf = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines()
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
         if line.startswith("{") and '"_aws"' in line
     ]
-    names = {m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"]
-             for m in d["Metrics"]}
+    names = {
+        m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
+    }
     assert {"PointsAwarded", "AwardFailures"} <= names
     awarded = next(blob for blob in emf if "PointsAwarded" in blob)
     assert awarded["PointsAwarded"] == 1.0 or awarded["PointsAwarded"] == [1.0]
@@ -160,7 +163,10 @@ def test_stack_delete_does_not_migrate(
     monkeypatch.setattr(deploy, "run_migrations", lambda: calls.append(1) or [])
     url, received = cfn_endpoint
     event = load_event("migrate_custom_resource_create.json") | {
-        "ResponseURL": url, "RequestType": "Delete", "PhysicalResourceId": deploy.PHYSICAL_ID}
+        "ResponseURL": url,
+        "RequestType": "Delete",
+        "PhysicalResourceId": deploy.PHYSICAL_ID,
+    }
     invoke(TEMPLATE, "MigrateFunction", event)
     assert calls == [] and received[0]["Status"] == "SUCCESS"
 

@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-
 from tally.local import template as template_mod
 from tally.local.context import FakeLambdaContext
 from tally.local.runtime import Scheduler
 from tally.local.schedule import ScheduleError, next_fire
 from tally.points import service
 from tally.points.models import VerificationIn
+
 from tests.support import ROOT, verification_body
 
 T0 = datetime(2026, 1, 15, 12, 0, 30, tzinfo=UTC)
@@ -36,7 +36,8 @@ def utc(*args: int) -> datetime:
 def test_rate_fires_every_interval_from_the_start() -> None:
     assert next_fire("rate(1 minute)", "UTC", T0, T0) == utc(2026, 1, 15, 12, 1, 30)
     assert next_fire("rate(5 minutes)", "UTC", utc(2026, 1, 15, 12, 6), T0) == utc(
-        2026, 1, 15, 12, 10, 30)
+        2026, 1, 15, 12, 10, 30
+    )
     assert next_fire("rate(1 day)", "UTC", T0, T0) == utc(2026, 1, 16, 12, 0, 30)
 
 
@@ -63,8 +64,15 @@ def test_cron_fields() -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["rate(0 minutes)", "rate(1 fortnight)", "cron(0 2 * * *)", "cron(0 2 * * * *)",
-     "cron(61 2 * * ? *)", "cron(0 2 L * ? *)", "every minute"],
+    [
+        "rate(0 minutes)",
+        "rate(1 fortnight)",
+        "cron(0 2 * * *)",
+        "cron(0 2 * * * *)",
+        "cron(61 2 * * ? *)",
+        "cron(0 2 L * ? *)",
+        "every minute",
+    ],
 )
 def test_bad_expressions_are_refused(expression: str) -> None:
     with pytest.raises(ScheduleError):
@@ -85,7 +93,7 @@ def test_scheduler_fires_the_real_handler_with_the_schedule_input(
     service.record_verification(VerificationIn.model_validate(verification_body()))
     template = template_mod.load()
     scheduler = Scheduler(template)
-    (logical_id, schedule), = [j for j in scheduler.jobs if j[0] == "AwardPointsFunction"]
+    ((logical_id, schedule),) = [j for j in scheduler.jobs if j[0] == "AwardPointsFunction"]
     assert schedule.input == {"batch_size": 500}
     scheduler.fire(logical_id, schedule)
     scheduler.shutdown()
@@ -95,7 +103,12 @@ def test_scheduler_fires_the_real_handler_with_the_schedule_input(
 def _cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tally.local.cli", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -106,7 +119,7 @@ def test_tally_invoke_runs_a_function_with_its_sample_event(
     env = {**os.environ, "DATABASE_URL": database_url}
     done = _cli("invoke", "AwardPointsFunction", "-e", "events/award_points.json", env=env)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout[done.stdout.index("{\n"):])
+    result = json.loads(done.stdout[done.stdout.index("{\n") :])
     assert result["awarded"] == 1
     unknown = _cli("invoke", "NoSuchFunction", env=env)
     assert unknown.returncode == 2 and "No function NoSuchFunction" in unknown.stderr
@@ -121,14 +134,21 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_tally_dev_turns_a_posted_verification_into_points(tmp_path: Path) -> None:
     """The README's first command, end to end, on its own embedded PostgreSQL."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "TALLY_JWT_SECRET", "TALLY_AUTH_MODE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "TALLY_JWT_SECRET", "TALLY_AUTH_MODE")
+    }
     env["TALLY_HOME"] = str(tmp_path / "home")
     port = _free_port()
     log = (tmp_path / "dev.log").open("w+")
     dev = subprocess.Popen(
         [sys.executable, "-m", "tally.local.cli", "dev", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -143,9 +163,11 @@ def test_tally_dev_turns_a_posted_verification_into_points(tmp_path: Path) -> No
             pytest.fail("tally dev did not start:\n" + Path(log.name).read_text())
         token = _cli("token", "--role", "service", "--sub", "verifier", env=env).stdout.strip()
         wallet = f"0xdev{uuid.uuid4().hex[:12]}"
-        posted = httpx.post(f"{base}/api/verifications",
-                            json=verification_body(wallet, rarity=90, quality=0.9),
-                            headers={"Authorization": f"Bearer {token}"})
+        posted = httpx.post(
+            f"{base}/api/verifications",
+            json=verification_body(wallet, rarity=90, quality=0.9),
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert posted.status_code == 201, posted.text
         # The award job fires every minute, as template.yaml declares.
         deadline = time.monotonic() + 75

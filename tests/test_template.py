@@ -155,9 +155,9 @@ def function_problems(path: Path) -> Problems:
     code_uris = {fn.code_uri.resolve(): fn for fn in tpl.functions.values()}
     functions_dir = tpl.root / "functions"
     for folder in sorted(functions_dir.iterdir()):
-        if folder.is_dir() and not folder.name.startswith((".", "__")):
-            if folder.resolve() not in code_uris:
-                problems.append(f"functions/{folder.name} is not the CodeUri of any function")
+        hidden = folder.name.startswith((".", "__"))
+        if folder.is_dir() and not hidden and folder.resolve() not in code_uris:
+            problems.append(f"functions/{folder.name} is not the CodeUri of any function")
     for fn in tpl.functions.values():
         if not fn.code_uri.is_dir():
             problems.append(f"{fn.logical_id}: CodeUri {fn.code_uri} is not a folder")

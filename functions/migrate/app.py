@@ -3,7 +3,6 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from tally.db.deploy import handle_event
 from tally.observability import lambda_handler
 

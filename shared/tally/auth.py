@@ -84,9 +84,7 @@ def principal_from_token(token: str, settings: Settings | None = None) -> Princi
 
 def principal_from_authorizer(event: dict[str, Any]) -> Principal:
     """Claims the API Gateway JWT authorizer already verified."""
-    claims = (
-        event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
-    )
+    claims = event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
     if not claims or "sub" not in claims:
         raise Unauthorized("The request carries no verified token")
     return _principal(claims)

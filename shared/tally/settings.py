@@ -27,35 +27,37 @@ class PointsRules(BaseSettings):
     max_points_per_award: int = Field(10_000, ge=1)
     achievement_bonus_points: dict[str, int] = Field(
         default_factory=dict,
-        description="Optional ledger bonus per achievement key, e.g. {\"first_blood\": 50}.",
+        description='Optional ledger bonus per achievement key, e.g. {"first_blood": 50}.',
     )
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
-    stage: str = Field("local", alias="TALLY_STAGE")
-    database_url: SecretStr | None = Field(None, alias="DATABASE_URL")
-    db_secret_arn: str | None = Field(None, alias="DB_SECRET_ARN")
+    stage: str = Field("local", validation_alias="TALLY_STAGE")
+    database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
+    db_secret_arn: str | None = Field(None, validation_alias="DB_SECRET_ARN")
     db_host_override: str | None = Field(
-        None, alias="DB_HOST", description="RDS Proxy endpoint; wins over the secret's host."
+        None,
+        validation_alias="DB_HOST",
+        description="RDS Proxy endpoint; wins over the secret's host.",
     )
-    db_name_override: str | None = Field(None, alias="DB_NAME")
-    db_connect_timeout_s: int = Field(5, alias="DB_CONNECT_TIMEOUT")
-    db_statement_timeout_ms: int = Field(30_000, alias="DB_STATEMENT_TIMEOUT_MS")
-    secret_max_age_s: int = Field(300, alias="DB_SECRET_MAX_AGE")
+    db_name_override: str | None = Field(None, validation_alias="DB_NAME")
+    db_connect_timeout_s: int = Field(5, validation_alias="DB_CONNECT_TIMEOUT")
+    db_statement_timeout_ms: int = Field(30_000, validation_alias="DB_STATEMENT_TIMEOUT_MS")
+    secret_max_age_s: int = Field(300, validation_alias="DB_SECRET_MAX_AGE")
 
-    auth_mode: Literal["local", "apigw"] = Field("local", alias="TALLY_AUTH_MODE")
-    jwt_secret: SecretStr = Field(SecretStr(""), alias="TALLY_JWT_SECRET")
-    jwt_issuer: str = Field("tally-local", alias="TALLY_JWT_ISSUER")
-    jwt_audience: str = Field("tally", alias="TALLY_JWT_AUDIENCE")
+    auth_mode: Literal["local", "apigw"] = Field("local", validation_alias="TALLY_AUTH_MODE")
+    jwt_secret: SecretStr = Field(SecretStr(""), validation_alias="TALLY_JWT_SECRET")
+    jwt_issuer: str = Field("tally-local", validation_alias="TALLY_JWT_ISSUER")
+    jwt_audience: str = Field("tally", validation_alias="TALLY_JWT_AUDIENCE")
 
-    award_batch_size: int = Field(500, alias="AWARD_BATCH_SIZE", ge=1, le=10_000)
-    award_retry_base_s: int = Field(60, alias="AWARD_RETRY_BASE_SECONDS", ge=1)
-    award_retry_max_s: int = Field(3600, alias="AWARD_RETRY_MAX_SECONDS", ge=1)
-    job_safety_margin_ms: int = Field(10_000, alias="JOB_SAFETY_MARGIN_MS", ge=0)
+    award_batch_size: int = Field(500, validation_alias="AWARD_BATCH_SIZE", ge=1, le=10_000)
+    award_retry_base_s: int = Field(60, validation_alias="AWARD_RETRY_BASE_SECONDS", ge=1)
+    award_retry_max_s: int = Field(3600, validation_alias="AWARD_RETRY_MAX_SECONDS", ge=1)
+    job_safety_margin_ms: int = Field(10_000, validation_alias="JOB_SAFETY_MARGIN_MS", ge=0)
 
-    leaderboard_page_max: int = Field(100, alias="LEADERBOARD_PAGE_MAX", ge=1, le=1000)
+    leaderboard_page_max: int = Field(100, validation_alias="LEADERBOARD_PAGE_MAX", ge=1, le=1000)
 
     points: PointsRules = Field(default_factory=PointsRules)
 

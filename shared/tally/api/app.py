@@ -44,8 +44,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in exc.errors()
     ]
-    return problem(422, "invalid_input", "Invalid input", "The request is not valid",
-                   errors=errors)
+    return problem(422, "invalid_input", "Invalid input", "The request is not valid", errors=errors)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,10 +71,8 @@ def get_connection() -> psycopg.Connection[dict[str, Any]]:
             pass
     if conn is not None:
         logger.warning("Reopening database connection", extra={"broken": conn.broken})
-        try:
+        with contextlib.suppress(psycopg.Error):
             conn.close()
-        except psycopg.Error:
-            pass
     conn = connect()
     _local.conn = conn
     return conn

@@ -46,9 +46,7 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def migrate(
-    conn: psycopg.Connection[Any], migrations: list[Migration] | None = None
-) -> list[str]:
+def migrate(conn: psycopg.Connection[Any], migrations: list[Migration] | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied. Safe when two runners start at once."""
     migrations = load_migrations() if migrations is None else migrations
     applied: list[str] = []
@@ -78,7 +76,7 @@ def migrate(
                     )
                 continue
             with conn.transaction():
-                conn.execute(migration.sql.encode())  # type: ignore[call-overload]
+                conn.execute(migration.sql.encode())
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                     (migration.version, migration.name, migration.checksum),

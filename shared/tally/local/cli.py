@@ -142,8 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="serve every route and fire every schedule locally")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=DEFAULT_PORT)
-    dev.add_argument("--seed", type=int, default=0, metavar="USERS",
-                     help="seed demo data for this many users first")
+    dev.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="USERS",
+        help="seed demo data for this many users first",
+    )
     dev.add_argument("--no-schedules", action="store_true")
     dev.set_defaults(run=cmd_dev)
 
@@ -157,15 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="load realistic demo data")
     seed.add_argument("--users", type=int, default=1000)
-    seed.add_argument("--pending", type=int, default=25,
-                      help="approved sessions left for the award job to pick up")
+    seed.add_argument(
+        "--pending",
+        type=int,
+        default=25,
+        help="approved sessions left for the award job to pick up",
+    )
     seed.add_argument("--random-seed", type=int, default=42)
     seed.set_defaults(run=cmd_seed)
 
     tok = sub.add_parser("token", help="print a locally signed bearer token")
     tok.add_argument("--sub", default="dev-user")
-    tok.add_argument("--role", action="append", choices=["user", "service", "admin"],
-                     default=None, help="repeatable; default: user")
+    tok.add_argument(
+        "--role",
+        action="append",
+        choices=["user", "service", "admin"],
+        default=None,
+        help="repeatable; default: user",
+    )
     tok.add_argument("--ttl", type=int, default=3600)
     tok.set_defaults(run=cmd_token)
 

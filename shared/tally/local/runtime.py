@@ -52,8 +52,11 @@ class Scheduler:
     def start(self) -> None:
         for logical_id, sched in self.jobs:
             first = next_fire(sched.expression, sched.timezone, self.started, self.started)
-            print(f"  schedule  {logical_id}/{sched.name}: {sched.expression} "
-                  f"({sched.timezone}), next {first:%H:%M:%S} UTC", flush=True)
+            print(
+                f"  schedule  {logical_id}/{sched.name}: {sched.expression} "
+                f"({sched.timezone}), next {first:%H:%M:%S} UTC",
+                flush=True,
+            )
         self.thread.start()
 
     def _loop(self) -> None:
@@ -85,8 +88,10 @@ class Scheduler:
         try:
             result = invoke(self.template, logical_id, event)
             took = (time.perf_counter() - started) * 1000
-            print(f"  schedule  {key}: ok in {took:.0f} ms {json.dumps(result, default=str)}",
-                  flush=True)
+            print(
+                f"  schedule  {key}: ok in {took:.0f} ms {json.dumps(result, default=str)}",
+                flush=True,
+            )
         except Exception as exc:
             print(f"  schedule  {key}: FAILED {type(exc).__name__}: {exc}", flush=True)
         finally:

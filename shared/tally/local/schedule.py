@@ -11,8 +11,12 @@ _RATE = re.compile(r"^rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)$")
 _CRON = re.compile(r"^cron\((.+)\)$")
 _AT = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
 _UNIT_S = {"minute": 60, "hour": 3600, "day": 86400}
-_MONTHS = {m: i for i, m in enumerate(
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1
+    )
+}
 _DAYS = {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"], 1)}
 
 
@@ -71,9 +75,14 @@ class Cron:
         if (dom == "?") == (dow == "?"):
             raise ScheduleError("Exactly one of day-of-month and day-of-week must be '?'")
         return cls(
-            _field(minute, 0, 59), _field(hour, 0, 23), _field(dom, 1, 31),
-            _field(month, 1, 12, _MONTHS), _field(dow, 1, 7, _DAYS), _field(year, 1970, 2199),
-            dom in ("*", "?"), dow in ("*", "?"),
+            _field(minute, 0, 59),
+            _field(hour, 0, 23),
+            _field(dom, 1, 31),
+            _field(month, 1, 12, _MONTHS),
+            _field(dow, 1, 7, _DAYS),
+            _field(year, 1970, 2199),
+            dom in ("*", "?"),
+            dow in ("*", "?"),
         )
 
     def matches_day(self, day: date) -> bool:
@@ -106,8 +115,9 @@ def next_fire(expression: str, timezone: str, after: datetime, started: datetime
             if cron.matches_day(day):
                 for hour in sorted(cron.hours):
                     for minute in sorted(cron.minutes):
-                        candidate = datetime(day.year, day.month, day.day, hour, minute,
-                                             tzinfo=zone).astimezone(UTC)
+                        candidate = datetime(
+                            day.year, day.month, day.day, hour, minute, tzinfo=zone
+                        ).astimezone(UTC)
                         if candidate > after:
                             return candidate
             day += timedelta(days=1)

@@ -60,7 +60,7 @@ class PointsBreakdown(BaseModel):
 
 
 def round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
+    return math.floor(value + 0.5)
 
 
 def quality_multiplier(quality_score: float) -> float:

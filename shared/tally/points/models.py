@@ -9,8 +9,10 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 WalletAddress = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=128,
-                           pattern=r"^[A-Za-z0-9_:.\-]+$")
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_:.\-]+$"
+    ),
 ]
 
 
@@ -37,8 +39,8 @@ class VerificationResults(BaseModel):
         None, alias="specificityGrade"
     )
     verified_claims: (
-        bool | Annotated[list[Annotated[str, StringConstraints(max_length=500)]],
-                         Field(max_length=100)]
+        bool
+        | Annotated[list[Annotated[str, StringConstraints(max_length=500)]], Field(max_length=100)]
     ) = Field(False, alias="verifiedClaims")
     content_hash: str | None = Field(
         None, alias="contentHash", max_length=200, pattern=r"^[A-Za-z0-9:_\-]+$"

@@ -163,7 +163,8 @@ class PointsRepository:
         """Count one more dataset for the subject; returns how many it had before."""
         row = self.conn.execute(
             """
-            INSERT INTO subject_rarity_cache (subject, dataset_count, rarity_tier, rarity_multiplier)
+            INSERT INTO subject_rarity_cache
+                (subject, dataset_count, rarity_tier, rarity_multiplier)
             VALUES (%s, 1, '', 0)
             ON CONFLICT (subject) DO UPDATE
                 SET dataset_count = subject_rarity_cache.dataset_count + 1, last_updated = now()
@@ -254,7 +255,8 @@ class PointsRepository:
 
     def lock_user(self, wallet_address: str) -> Row:
         self.conn.execute(
-            "INSERT INTO users (wallet_address) VALUES (%s) ON CONFLICT (wallet_address) DO NOTHING",
+            "INSERT INTO users (wallet_address) VALUES (%s) "
+            "ON CONFLICT (wallet_address) DO NOTHING",
             (wallet_address,),
         )
         row = self.conn.execute(
@@ -285,7 +287,7 @@ class PointsRepository:
         columns = ", ".join(values)
         placeholders = ", ".join(f"%({k})s" for k in values)
         self.conn.execute(
-            f"INSERT INTO user_submissions ({columns}) VALUES ({placeholders})",  # noqa: S608
+            f"INSERT INTO user_submissions ({columns}) VALUES ({placeholders})",
             values,
         )
 

@@ -1,0 +1,104 @@
+"""`python -m bench`: measure the points system and write docs/performance.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+# tally's modules read these when first imported; set them as the local runtime does.
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "tally")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Tally")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
+
+QUICK = {"users": 20_000, "pending": 2_000, "concurrent": 1_000}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--users", type=int, default=1_000_000, help="users on the leaderboard")
+    parser.add_argument(
+        "--pending", type=int, default=100_000, help="sessions drained by one award sweep"
+    )
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=20_000,
+        help="sessions drained by two award sweeps running at once",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="award_pending batch size (settings default)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK['users']:,} users, {QUICK['pending']:,} pending",
+    )
+    parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, min(getattr(args, name), value))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+
+    from tally.settings import get_settings
+
+    from bench import award, leaderboard, report
+    from bench.db import fresh_database, open_server, server_facts
+    from bench.stats import log
+
+    server = open_server()
+    facts = server_facts(server)
+    log(f"PostgreSQL {facts['server_version']} ({'embedded' if server.embedded else 'given'})")
+
+    with fresh_database(server, "award") as url:
+        batch_size = args.batch_size or get_settings().award_batch_size
+        award_report = award.run(
+            url, pending=args.pending, concurrent=args.concurrent, batch_size=batch_size
+        )
+    reps = leaderboard.QUICK_REPS if args.quick else leaderboard.FULL_REPS
+    with fresh_database(server, "board") as url:
+        board_report = leaderboard.run(url, users=args.users, reps=reps)
+
+    info = report.RunInfo(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cpus=os.cpu_count() or 0,
+        platform=platform.platform(),
+        python=platform.python_version(),
+        postgres=facts,
+        embedded=server.embedded,
+        quick=args.quick,
+        users=args.users,
+        pending=args.pending,
+        concurrent=args.concurrent,
+        bench_seconds=time.perf_counter() - started,
+        schedule=award_job_schedule(),
+    )
+    report.write(args.out, report.render(info, award_report, board_report))
+    log(f"wrote {args.out}")
+    return 0 if all(award_report.checks.values()) else 1
+
+
+def award_job_schedule() -> tuple[str, int, int] | None:
+    """The award job's schedule, batch size and timeout as template.yaml deploys them."""
+    try:
+        from tally.local import template
+
+        for function in template.load(Path.cwd()).functions.values():
+            for schedule in function.schedules:
+                if "batch_size" in schedule.input:
+                    batch = int(schedule.input["batch_size"])
+                    return schedule.expression, batch, function.timeout_s
+    except Exception as exc:  # the report just leaves the sentence out
+        print(f"template.yaml not read: {exc}", file=sys.stderr)
+    return None
