@@ -75,6 +75,7 @@ def quiet_award_logs() -> None:
     """Send tally's log lines to /dev/null: still formatted per award as in Lambda (that cost
     is part of the sweep), but 100k JSON lines would bury the bench's own output."""
     import tally.observability  # noqa: F401 - creates the "tally" logger and its handler
+
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     for handler in logging.getLogger("tally").handlers:
         if isinstance(handler, logging.StreamHandler):
@@ -102,7 +103,7 @@ def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
                    'rarityScore', round((20 + random() * 80)::numeric, 1),
                    'qualityScore', round((0.35 + random() * 0.65)::numeric, 3),
                    'subject', subject,
-                   'specificityGrade', (%(grades)s::text[])[1 + floor(random() * %(n_grades)s)::int],
+                   'specificityGrade', grade,
                    'verifiedClaims', random() < 0.3,
                    'contentHash', md5(%(tag)s || ':' || g)),
                NULL, now()
@@ -117,7 +118,8 @@ def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
                    CASE WHEN random() < 0.9
                         THEN (ARRAY[1, 5, 20, 50, 120, 300])[1 + floor(random() * 6)::int]
                         ELSE 1000
-                   END AS sample_count
+                   END AS sample_count,
+                   (%(grades)s::text[])[1 + floor(random() * %(n_grades)s)::int] AS grade
             FROM (
                 SELECT g, floor(random() * %(wallets)s)::int AS w
                 FROM generate_series(1, %(count)s) AS g

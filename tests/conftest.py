@@ -93,6 +93,7 @@ def api_url(database_url: str) -> Iterator[str]:
     import threading
 
     import uvicorn
+
     from tally.local import template
     from tally.local.runtime import build_local_app
 

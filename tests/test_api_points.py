@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from tally.points import service
 
+from tally.points import service
 from tests.support import auth, verification_body
 
 SERVICE = auth("audio-verifier", "service")

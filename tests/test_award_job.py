@@ -7,11 +7,11 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from tally.db.connection import close_connection
 from tally.points import service
 from tally.points.models import FlagReview, VerificationIn
 from tally.points.repository import PointsRepository
-
 from tests.support import verification_body
 
 WALLET = "0xabc0000000000000000000000000000000000001"

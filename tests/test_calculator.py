@@ -7,6 +7,8 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tally.points.achievements import ACHIEVEMENTS, UserStats, unlocked_achievements
 from tally.points.calculator import (
     SPECIFICITY_MULTIPLIERS,
     PointsInput,
@@ -202,3 +204,64 @@ def test_quality_multiplier_is_linear() -> None:
     assert quality_multiplier(0) == 1.0
     assert quality_multiplier(0.5) == 1.25
     assert quality_multiplier(1) == 1.5
+
+
+def _stats(**overrides: object) -> UserStats:
+    base: dict[str, object] = {
+        "total_points": 0,
+        "tier": "Contributor",
+        "submissions": 0,
+        "rare_submissions": 0,
+        "average_score": 0.0,
+        "first_bulks": 0,
+        "distinct_subjects": 0,
+        "grade_a_submissions": 0,
+        "verified_submissions": 0,
+        "active_days": 0,
+        "contributor_number": None,
+    }
+    return UserStats.model_validate(base | overrides)
+
+
+@pytest.mark.parametrize(
+    ("stats", "expected"),
+    [
+        ({}, set()),
+        ({"submissions": 1, "average_score": 80.0}, {"first_blood"}),
+        ({"submissions": 1, "average_score": 80.5}, {"first_blood", "quality_master"}),
+        (
+            {"submissions": 10, "average_score": 95.0},
+            {"first_blood", "content_creator", "quality_master", "quality_legend"},
+        ),
+        ({"contributor_number": 100}, {"early_adopter"}),
+        ({"contributor_number": 101}, set()),
+        ({"total_points": 50_000}, {"diamond_hands", "point_collector", "point_magnate"}),
+        (
+            {
+                "first_bulks": 5,
+                "rare_submissions": 10,
+                "distinct_subjects": 20,
+                "grade_a_submissions": 5,
+                "verified_submissions": 5,
+                "active_days": 30,
+            },
+            {
+                "bulk_pioneer",
+                "bulk_master",
+                "rare_hunter_1",
+                "diversity_king",
+                "perfectionist",
+                "verified_contributor",
+                "consistent_contributor",
+            },
+        ),
+    ],
+)
+def test_achievement_thresholds(stats: dict[str, object], expected: set[str]) -> None:
+    unlocked = {a.key for a in unlocked_achievements(_stats(**stats), early_adopter_limit=100)}
+    assert unlocked == expected
+
+
+def test_there_are_twenty_achievements() -> None:
+    assert len(ACHIEVEMENTS) == 20
+    assert len({a.key for a in ACHIEVEMENTS}) == 20

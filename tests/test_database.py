@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from tally.db import connection
 from tally.db.migrate import Migration, MigrationError, load_migrations, migrate
 from tally.settings import Settings

@@ -11,12 +11,12 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from tally.local import template as template_mod
 from tally.local.invoke import invoke
 from tally.points import service
 from tally.points.models import VerificationIn
 from tally.settings import reset_settings
-
 from tests.support import EVENTS, load_event
 
 TEMPLATE = template_mod.load()

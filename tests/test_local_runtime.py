@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+
 from tally.local import template as template_mod
 from tally.local.context import FakeLambdaContext
 from tally.local.runtime import Scheduler
 from tally.local.schedule import ScheduleError, next_fire
 from tally.points import service
 from tally.points.models import VerificationIn
-
 from tests.support import ROOT, verification_body
 
 T0 = datetime(2026, 1, 15, 12, 0, 30, tzinfo=UTC)

@@ -3,6 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from tally.observability import lambda_handler
 from tally.points.models import AwardPointsInput
 from tally.points.service import award_pending

@@ -3,6 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from tally.db.deploy import handle_event
 from tally.observability import lambda_handler
 

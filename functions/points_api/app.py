@@ -4,6 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
+
 from tally.api.app import create_app
 from tally.observability import API_CORRELATION, lambda_handler
 from tally.points.routes import leaderboard_router
