@@ -6,6 +6,7 @@ real sweep awards it one transaction per award, exactly as the scheduled Lambda 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -71,15 +72,26 @@ class AwardReport:
     claim_plan: str
 
 
-def quiet_award_logs() -> None:
-    """Send tally's log lines to /dev/null: still formatted per award as in Lambda (that cost
-    is part of the sweep), but 100k JSON lines would bury the bench's own output."""
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send tally's per-award log lines and metric dumps to /dev/null while sweeping.
+
+    They are still formatted and written, as in Lambda (that cost is part of the sweep), but
+    100k JSON lines would bury the bench's own output, which goes to stderr.
+    """
     import tally.observability  # noqa: F401 - creates the "tally" logger and its handler
 
-    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    for handler in logging.getLogger("tally").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sink)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        handlers = [
+            h for h in logging.getLogger("tally").handlers if isinstance(h, logging.StreamHandler)
+        ]
+        previous = [h.setStream(sink) for h in handlers]  # the logger holds its own stream
+        try:
+            yield
+        finally:
+            for handler, stream in zip(handlers, previous, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)
 
 
 def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
@@ -314,9 +326,8 @@ def run(database_url: str, *, pending: int, concurrent: int, batch_size: int) ->
     """Fill the queue, drain it with one sweep, then a second batch with two sweeps at once."""
     from bench.db import connect
 
-    quiet_award_logs()
     wallets = max(pending // 3, 1)
-    with connect(database_url) as conn:
+    with connect(database_url) as conn, quiet_stdout():
         log(f"award: queueing {pending:,} sessions over {wallets:,} wallets")
         insert_pending(conn, pending, wallets, tag="sequential")
         log(f"award: sequential sweep, batch_size={batch_size}")

@@ -51,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
 
-    from tally.settings import get_settings
-
     from bench import award, leaderboard, report
     from bench.db import fresh_database, open_server, server_facts
     from bench.stats import log
+    from tally.settings import get_settings
 
     server = open_server()
     facts = server_facts(server)

@@ -24,10 +24,11 @@ from fastapi import FastAPI
 from samtranslator.model.exceptions import InvalidDocumentException
 from samtranslator.translator.managed_policy_translator import ManagedPolicyLoader
 from samtranslator.translator.transform import transform
+
+from tally.api.app import route_table
 from tally.api.deps import ACCESS_KEY
 from tally.local import template as template_mod
 from tally.local.invoke import load_module
-
 from tests.support import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
@@ -118,12 +119,8 @@ def _template_path(path: str) -> str:
 
 
 def _app_routes(app: FastAPI) -> dict[tuple[str, str], str | None]:
-    """(METHOD, path) -> x-tally-access of every route in the app's schema (include_in_schema)."""
-    routes: dict[tuple[str, str], str | None] = {}
-    for path, operations in app.openapi().get("paths", {}).items():
-        for method, operation in operations.items():
-            routes[(method.upper(), path)] = operation.get(ACCESS_KEY)
-    return routes
+    """(METHOD, path) -> x-tally-access of every documented route of the app."""
+    return {(method, path): access for method, path, access in route_table(app)}
 
 
 def _http_events(raw: dict[str, Any], logical_id: str) -> Iterator[tuple[str, dict[str, Any]]]:

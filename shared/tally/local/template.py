@@ -42,7 +42,7 @@ class Schedule:
 class Route:
     method: str
     path: str
-    authorizer: str | None
+    authorizer: str | None  # None: public; "default": the API's default authorizer
     scopes: tuple[str, ...]
 
 
@@ -126,7 +126,7 @@ def load(root: Path | None = None) -> Template:
                     Route(
                         method=str(ev_props["Method"]).upper(),
                         path=ev_props["Path"],
-                        authorizer=None if authorizer == "NONE" else authorizer,
+                        authorizer=None if authorizer == "NONE" else authorizer or "default",
                         scopes=tuple(auth.get("AuthorizationScopes", ())),
                     )
                 )
