@@ -6,9 +6,6 @@ real sweep awards it one transaction per award, exactly as the scheduled Lambda 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,28 +67,6 @@ class AwardReport:
     checks: dict[str, bool]
     totals: dict[str, int]
     claim_plan: str
-
-
-@contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Send tally's per-award log lines and metric dumps to /dev/null while sweeping.
-
-    They are still formatted and written, as in Lambda (that cost is part of the sweep), but
-    100k JSON lines would bury the bench's own output, which goes to stderr.
-    """
-    import tally.observability  # noqa: F401 - creates the "tally" logger and its handler
-
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        handlers = [
-            h for h in logging.getLogger("tally").handlers if isinstance(h, logging.StreamHandler)
-        ]
-        previous = [h.setStream(sink) for h in handlers]  # the logger holds its own stream
-        try:
-            yield
-        finally:
-            for handler, stream in zip(handlers, previous, strict=True):
-                if stream is not None:
-                    handler.setStream(stream)
 
 
 def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
@@ -327,7 +302,7 @@ def run(database_url: str, *, pending: int, concurrent: int, batch_size: int) ->
     from bench.db import connect
 
     wallets = max(pending // 3, 1)
-    with connect(database_url) as conn, quiet_stdout():
+    with connect(database_url) as conn:
         log(f"award: queueing {pending:,} sessions over {wallets:,} wallets")
         insert_pending(conn, pending, wallets, tag="sequential")
         log(f"award: sequential sweep, batch_size={batch_size}")

@@ -53,21 +53,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import award, leaderboard, report
     from bench.db import fresh_database, open_server, server_facts
-    from bench.stats import log
+    from bench.stats import log, quiet_stdout
     from tally.settings import get_settings
 
     server = open_server()
     facts = server_facts(server)
     log(f"PostgreSQL {facts['server_version']} ({'embedded' if server.embedded else 'given'})")
 
-    with fresh_database(server, "award") as url:
-        batch_size = args.batch_size or get_settings().award_batch_size
-        award_report = award.run(
-            url, pending=args.pending, concurrent=args.concurrent, batch_size=batch_size
-        )
-    reps = leaderboard.QUICK_REPS if args.quick else leaderboard.FULL_REPS
-    with fresh_database(server, "board") as url:
-        board_report = leaderboard.run(url, users=args.users, reps=reps)
+    with quiet_stdout():
+        with fresh_database(server, "award") as url:
+            batch_size = args.batch_size or get_settings().award_batch_size
+            award_report = award.run(
+                url, pending=args.pending, concurrent=args.concurrent, batch_size=batch_size
+            )
+        reps = leaderboard.QUICK_REPS if args.quick else leaderboard.FULL_REPS
+        with fresh_database(server, "board") as url:
+            board_report = leaderboard.run(url, users=args.users, reps=reps)
 
     info = report.RunInfo(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

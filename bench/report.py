@@ -171,7 +171,9 @@ def _award_section(info: RunInfo, report: AwardReport) -> str:
                         + " and ".join(f"{n:,}" for n in par.per_thread)
                         + f" sessions settled by the two threads, {_ratio(par, seq)} the "
                         "throughput of one sweep. Their per-award latency includes waiting for "
-                        "the other sweep's counter lock."
+                        "the other sweep's counter lock. (Unlike two Lambda invocations, the two "
+                        "threads also share one Python interpreter lock, and PostgreSQL shares "
+                        f"the {info.cpus} cores with the bench.)"
                     ),
                     _bullet(
                         f"Skipped / held / failed: {seq.skipped + par.skipped} / "

@@ -1,10 +1,14 @@
-"""Timing helpers: repeated wall-clock measurements and their percentiles."""
+"""Timing and output helpers: wall-clock measurements, percentiles, progress lines."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +18,28 @@ _STARTED = time.perf_counter()
 def log(message: str) -> None:
     """Progress goes to stderr so that stdout stays free for whatever the caller pipes."""
     print(f"[bench {time.perf_counter() - _STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send tally's per-award log lines and metric dumps to /dev/null while the bench runs.
+
+    They are still formatted and written, as in Lambda (that cost is part of the sweep), but
+    100k JSON lines would bury the bench's own output, which goes to stderr.
+    """
+    import tally.observability  # noqa: F401 - creates the "tally" logger and its handler
+
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        handlers = [
+            h for h in logging.getLogger("tally").handlers if isinstance(h, logging.StreamHandler)
+        ]
+        previous = [h.setStream(sink) for h in handlers]  # the logger holds its own stream
+        try:
+            yield
+        finally:
+            for handler, stream in zip(handlers, previous, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -10,6 +10,7 @@ from aws_lambda_powertools import Logger
 
 from tally.db.connection import get_connection
 from tally.db.migrate import migrate
+from tally.observability import metrics
 
 logger = Logger(child=True)
 
@@ -18,6 +19,7 @@ PHYSICAL_ID = "tally-schema-migrations"
 
 def run_migrations() -> list[str]:
     applied = migrate(get_connection())
+    metrics.add_metric(name="MigrationsApplied", unit="Count", value=len(applied))
     logger.info("All migrations completed successfully!", extra={"applied": applied})
     return applied
 
@@ -32,6 +34,7 @@ def handle_event(event: dict[str, Any], log_stream: str) -> dict[str, Any]:
         if request_type in ("Create", "Update"):
             data = {"Applied": len(run_migrations())}
     except Exception as exc:
+        metrics.add_metric(name="MigrationFailures", unit="Count", value=1)
         logger.exception("Migration failed")
         status, reason = "FAILED", f"{type(exc).__name__}: {exc}"[:500]
     _respond(event, status, reason, data, log_stream)

@@ -1,16 +1,67 @@
-"""`tally seed`: realistic demo data, awarded through the real award sweep."""
+"""`tally seed`: realistic demo data, exactly as the real award sweep would have left it.
+
+Awarding through `tally.points.service.award_pending` manages a few hundred awards a second,
+so this replays the sweep's rules in Python instead and bulk-loads the outcome with COPY:
+
+1. Wallets are generated deterministically from `random_seed`: each joins at some point of the
+   last ~120 days (more of them recently) and completes 1-5 approved datasets over the
+   following days. A heap merges them into one stream ordered by (completed_at, id), the order
+   in which the sweep claims sessions, so only the wallets active at the moment are in memory.
+2. Each dataset is settled as `tally.points.service._settle` would settle it at its
+   completed_at: the quality gate (skipped, 0 points), the daily cap (held, with an
+   anti-abuse flag), the contributor number on a wallet's first award, the first bulk per
+   (wallet, subject), the subject's prior dataset count, the platform-wide dataset number and
+   `tally.points.calculator.calculate_points` with the settings' PointsRules. An award over
+   the per-award ceiling fails as in the sweep (nothing counted, retried later by the job).
+   Achievements are evaluated after every award with `unlocked_achievements` over the same
+   stats `PointsRepository.user_stats` computes, not once at the end, because the sweep never
+   takes one back: a wallet whose average quality drops below 80 keeps Quality Master, and an
+   achievement bonus only counts towards point achievements from the wallet's next award on.
+3. Rows are streamed to PostgreSQL in chunks with COPY on a worker thread (so the server
+   ingests one chunk while Python computes the next): verification_sessions as they settle,
+   and a wallet's user row, submissions, ledger entries and achievements once its last dataset
+   has settled (the foreign keys need the user first). subject_rarity_cache and
+   platform_counters get their final values at the end.
+4. `pending` more approved sessions, completed in the last hour by random seeded wallets, are
+   left with points_status NULL for the running award job.
+
+Everything happens in one transaction: a failure leaves nothing half-written. The platform's
+dataset counter is locked for its duration, which serialises the seed with any award sweep
+exactly as two sweeps serialise with each other.
+
+Seeding a database that already holds data appends new wallets: numbering continues from the
+current counters and subject counts, as the sweep would have continued. Only an empty database
+makes the data a function of `random_seed` alone; otherwise the stream is also keyed by the
+number of existing sessions, so seeding twice adds different wallets rather than colliding.
+Content hashes are a bijection of the (unique) session ids, so they never trip the
+duplicate-content check.
+
+What differs from running the sweep: timestamps. Every award is dated at its session's
+completed_at (the sweep would write now()), which gives leaderboards and activity a history;
+the daily cap and "active days" are therefore counted per historical day.
+"""
 
 from __future__ import annotations
 
+import heapq
+import json
+import math
+import queue
 import random
+import threading
+import time
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tqdm import tqdm
 
 from tally.db.connection import get_connection
-from tally.points.service import award_pending
+from tally.points.achievements import UserStats, unlocked_achievements
+from tally.points.calculator import PointsInput, calculate_points, subject_rarity
+from tally.points.tiers import tier_for
+from tally.settings import PointsRules, Settings, get_settings
 
 SUBJECTS = [
     "bird song",
@@ -42,86 +93,688 @@ SUBJECTS = [
     "playground",
 ]
 GRADES = ["A", "B", "B", "C", "C", "C", "D", "F"]
+SAMPLE_COUNTS = (1, 5, 20, 50, 120, 300)
+
+SOURCE_DATASET = "dataset_submission"  # tally.points.service.SOURCE_DATASET
+SOURCE_ACHIEVEMENT = "achievement"  # tally.points.service.SOURCE_ACHIEVEMENT
+
+HISTORY_DAYS = 120
+PENDING_WINDOW_US = 3_600_000_000  # pending sessions completed in the last hour
+SECOND_US = 1_000_000
+DAY_US = 86_400 * SECOND_US
+MEAN_GAP_US = 3 * DAY_US  # between a wallet's datasets
+LOW_QUALITY_SHARE = 0.04  # of datasets after a wallet's first, below the default minimum
+CHUNK_SESSIONS = 50_000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NULL = "\\N"
+# tally.points.service's wallet-less check never fires here: every seeded session has one.
+
+SESSION_COLUMNS = (
+    "id, status, wallet_address, initial_data, results, points_awarded, points_breakdown, "
+    "quality_multiplier, total_multiplier, points_status, points_attempts, points_error, "
+    "points_next_attempt_at, points_calculated_at, created_at, updated_at, completed_at"
+)
+SUBMISSION_COLUMNS = (
+    "wallet_address, session_id, title, subject, sample_count, rarity_score, quality_score, "
+    "specificity_grade, verified, content_hash, is_first_bulk, is_rare, dataset_number, "
+    "points_earned, quality_multiplier, bulk_multiplier, subject_rarity_multiplier, "
+    "specificity_multiplier, verification_multiplier, early_contributor_multiplier, "
+    "total_multiplier, points_breakdown, rule_version, submitted_at"
+)
+LEDGER_COLUMNS = (
+    "wallet_address, points, source_kind, source_id, rule_version, metadata, created_at"
+)
+USER_COLUMNS = (
+    "wallet_address, total_points, total_submissions, tier, contributor_number, "
+    "first_submission_at, last_submission_at, points_updated_at, created_at, updated_at"
+)
+ACHIEVEMENT_COLUMNS = "wallet_address, achievement_key, achievement_name, description, unlocked_at"
+FLAG_COLUMNS = "wallet_address, session_id, reason, details, created_at"
+
+# COPY order within a chunk: referenced tables first.
+_TABLES = (
+    ("verification_sessions", SESSION_COLUMNS),
+    ("anti_abuse_flags", FLAG_COLUMNS),
+    ("users", USER_COLUMNS),
+    ("user_submissions", SUBMISSION_COLUMNS),
+    ("points_ledger", LEDGER_COLUMNS),
+    ("user_achievements", ACHIEVEMENT_COLUMNS),
+)
 
 
-def _session(rng: random.Random, wallet: str, approved: bool = True) -> dict[str, Any]:
+def _text(value: str) -> str:
+    """A value for COPY's text format."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return value
+
+
+def _json(value: Any) -> str:
+    return _text(json.dumps(value))
+
+
+def _ts(us: int) -> str:
+    return str(_EPOCH + timedelta(microseconds=us))
+
+
+def _bool(value: bool) -> str:
+    return "t" if value else "f"
+
+
+def _content_hash(session_id: int) -> str:
+    """A bijection of the 128-bit session id: unique wherever the session id is."""
+    mixed = ((session_id * 0x9E3779B97F4A7C15F39CC0605CEDC835) % (1 << 128)) ^ (
+        0x5851F42D4C957F2D14057B7EF767814F
+    )
+    return f"{mixed:032x}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Dataset:
+    """One approved verification session as the verifier would have posted it."""
+
+    session_id: uuid.UUID
+    wallet: str
+    created_us: int
+    completed_us: int
+    subject: str
+    sample_count: int
+    rarity: float
+    quality_milli: int
+    grade: str
+    verified: bool
+
+    @property
+    def quality(self) -> float:
+        return self.quality_milli / 1000
+
+    @property
+    def content_hash(self) -> str:
+        return _content_hash(self.session_id.int)
+
+    @property
+    def title(self) -> str:
+        return f"{self.subject.title()} recordings"
+
+    def initial_data_json(self) -> str:
+        return _json(
+            {
+                "metadata": {
+                    "walletAddress": self.wallet,
+                    "title": self.title,
+                    "sampleCount": self.sample_count,
+                }
+            }
+        )
+
+    def results_json(self) -> str:
+        return _json(
+            {
+                "approved": True,
+                "rarityScore": self.rarity,
+                "qualityScore": self.quality,
+                "subject": self.subject,
+                "specificityGrade": self.grade,
+                "verifiedClaims": self.verified,
+                "contentHash": self.content_hash,
+            }
+        )
+
+
+def _dataset(rng: random.Random, wallet: str, completed_us: int, *, first: bool) -> _Dataset:
+    session_id = uuid.UUID(int=rng.getrandbits(128), version=4)
     subject = rng.choice(SUBJECTS)
-    sample_count = rng.choice([1, 5, 20, 50, 120, 300]) if rng.random() < 0.9 else 1000
-    return {
-        "id": uuid.UUID(int=rng.getrandbits(128)),
-        "wallet": wallet,
-        "metadata": {
-            "walletAddress": wallet,
-            "title": f"{subject.title()} recordings",
-            "sampleCount": sample_count,
-        },
-        "results": {
-            "approved": approved,
-            "rarityScore": round(rng.uniform(20, 100), 1),
-            "qualityScore": round(rng.uniform(0.35, 1.0), 3),
-            "subject": subject,
-            "specificityGrade": rng.choice(GRADES),
-            "verifiedClaims": rng.random() < 0.3,
-            "contentHash": uuid.UUID(int=rng.getrandbits(128)).hex,
-        },
-    }
+    sample_count = rng.choice(SAMPLE_COUNTS) if rng.random() < 0.9 else 1000
+    # A wallet's first dataset always passes the default quality gate, so (with the default
+    # rules) every seeded wallet becomes a user; a few later ones fall below it.
+    if not first and rng.random() < LOW_QUALITY_SHARE:
+        quality_milli = rng.randint(50, 299)
+    else:
+        quality_milli = rng.randint(350, 1000)
+    return _Dataset(
+        session_id=session_id,
+        wallet=wallet,
+        created_us=completed_us - rng.randint(30, 1800) * SECOND_US,
+        completed_us=completed_us,
+        subject=subject,
+        sample_count=sample_count,
+        rarity=rng.randint(200, 1000) / 10,
+        quality_milli=quality_milli,
+        grade=rng.choice(GRADES),
+        verified=rng.random() < 0.3,
+    )
 
 
-def seed(*, users: int = 1000, pending: int = 25, random_seed: int = 42) -> dict[str, int]:
-    """Create `users` wallets with 1-5 approved datasets each, award them, and leave `pending`
-    approved sessions for the running award job to pick up."""
-    from psycopg.types.json import Jsonb
+@dataclass(slots=True)
+class _Wallet:
+    """What the sweep would read back about one wallet; kept while it has datasets to come."""
 
-    rng = random.Random(random_seed)
-    sessions = [_session(rng, f"0x{rng.getrandbits(160):040x}") for _ in range(users)]
-    for s in list(sessions):
-        sessions.extend(_session(rng, s["wallet"]) for _ in range(rng.randint(0, 4)))
-    conn = get_connection()
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY verification_sessions (id, status, wallet_address, initial_data, results, "
-            "completed_at) FROM STDIN"
-        ) as copy,
-    ):
-        for s in tqdm(sessions, desc="sessions", unit="row"):
-            copy.write_row(
-                (
-                    s["id"],
-                    "completed",
-                    s["wallet"],
-                    Jsonb({"metadata": s["metadata"]}),
-                    Jsonb(s["results"]),
-                    datetime.now(UTC),
-                )
-            )
-    awarded = 0
-    with tqdm(total=len(sessions), desc="awards", unit="award") as bar:
+    address: str
+    remaining: int
+    contributor_number: int | None = None
+    total_points: int = 0
+    submissions: int = 0
+    tier: str = "Contributor"
+    rare: int = 0
+    quality_milli_sum: int = 0
+    bulk_subjects: set[str] = field(default_factory=set)
+    subjects: set[str] = field(default_factory=set)
+    grade_a: int = 0
+    verified: int = 0
+    days: set[int] = field(default_factory=set)
+    day: int = -1
+    day_count: int = 0
+    achieved: set[str] = field(default_factory=set)
+    first_us: int = 0
+    last_us: int = 0
+    points_us: int | None = None
+    # Rows that need the user row to exist first.
+    submission_rows: list[str] = field(default_factory=list)
+    ledger_rows: list[str] = field(default_factory=list)
+    achievement_rows: list[str] = field(default_factory=list)
+
+    def stats(self) -> UserStats:
+        """PointsRepository.user_stats, from the running totals instead of SQL."""
+        return UserStats(
+            total_points=self.total_points,
+            tier=self.tier,
+            submissions=self.submissions,
+            rare_submissions=self.rare,
+            # avg(quality_score) * 100 over numeric(5,4) values, which are exact thousandths.
+            average_score=self.quality_milli_sum / (self.submissions * 10),
+            first_bulks=len(self.bulk_subjects),
+            distinct_subjects=len(self.subjects),
+            grade_a_submissions=self.grade_a,
+            verified_submissions=self.verified,
+            active_days=len(self.days),
+            contributor_number=self.contributor_number,
+        )
+
+
+@dataclass
+class _Totals:
+    wallets: int = 0
+    users: int = 0
+    sessions: int = 0
+    awarded: int = 0
+    skipped: int = 0
+    held: int = 0
+    failed: int = 0
+    points: int = 0
+    achievements: int = 0
+    pending: int = 0
+
+
+class _CopyWriter:
+    """COPYs chunks on a worker thread, so PostgreSQL ingests one while Python builds the next.
+
+    The thread is the only user of the connection until close(); the caller's transaction
+    stays open around it.
+    """
+
+    def __init__(self, conn: Any, bar: tqdm[Any]) -> None:
+        self._conn = conn
+        self._bar = bar
+        self._queue: queue.Queue[dict[str, list[str]] | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tally-seed-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         while True:
-            result = award_pending(batch_size=500)
-            done = result.awarded + result.skipped + result.held + result.failed
-            bar.update(done)
-            awarded += result.awarded
-            if done == 0:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                with self._conn.cursor() as cur:
+                    for table, columns in _TABLES:
+                        lines = chunk.get(table)
+                        if not lines:
+                            continue
+                        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                            copy.write("".join(lines))
+                        self._bar.update(len(lines))
+            except BaseException as exc:
+                self.error = exc
+
+    def submit(self, chunk: dict[str, list[str]] | None) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(chunk, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.submit(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """Stop after the chunk in flight, dropping the rest (the transaction rolls back)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
                 break
-    extra = [_session(rng, s["wallet"]) for s in rng.sample(sessions, min(pending, len(sessions)))]
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY verification_sessions (id, status, wallet_address, initial_data, results) "
-            "FROM STDIN"
-        ) as copy,
-    ):
-        for s in extra:
-            copy.write_row(
-                (
-                    s["id"],
-                    "completed",
-                    s["wallet"],
-                    Jsonb({"metadata": s["metadata"]}),
-                    Jsonb(s["results"]),
-                )
+        self._queue.put(None)
+        self._thread.join()
+
+
+class _Seeder:
+    """The award sweep's rules, replayed over a stream of datasets in (completed_at, id) order."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        datasets: int,
+        contributors: int,
+        subject_counts: dict[str, int],
+    ) -> None:
+        self.settings = settings
+        self.rules: PointsRules = settings.points
+        self.datasets = datasets
+        self.contributors = contributors
+        self.subject_counts = subject_counts
+        self.subject_updated: dict[str, int] = {}
+        self.totals = _Totals()
+        self.chunk: dict[str, list[str]] = {table: [] for table, _ in _TABLES}
+        self._rule_version = _text(self.rules.rule_version)
+
+    # -- settling one dataset (tally.points.service._settle) -----------------------------------
+
+    def settle(self, ds: _Dataset, wallet: _Wallet) -> None:
+        rules = self.rules
+        self.totals.sessions += 1
+        award_us = ds.completed_us  # awarded the moment it completed
+        at = _ts(award_us)
+        quality = ds.quality
+        if quality < rules.min_quality_score:
+            self._session(
+                ds, at, points_status="skipped", points="0", error="quality_below_minimum"
             )
-    summary = {"users": users, "sessions": len(sessions), "awarded": awarded, "pending": len(extra)}
-    print(f"Seeded: {summary}")
+            self.totals.skipped += 1
+            return
+
+        day = award_us // DAY_US
+        today = wallet.day_count if wallet.day == day else 0
+        if today >= rules.daily_submission_cap:
+            details = {"submissions_today": today, "cap": rules.daily_submission_cap}
+            self.chunk["anti_abuse_flags"].append(
+                f"{ds.wallet}\t{ds.session_id}\tdaily_cap_exceeded\t{_json(details)}\t{at}\n"
+            )
+            self._session(ds, at, points_status="held", error="daily_cap_exceeded")
+            self.totals.held += 1
+            return
+
+        contributor_number = wallet.contributor_number or self.contributors + 1
+        subject = ds.subject
+        is_first_bulk = (
+            ds.sample_count >= rules.bulk_sample_threshold and subject not in wallet.bulk_subjects
+        )
+        subject_before = self.subject_counts.get(subject, 0)
+        dataset_number = self.datasets + 1
+        breakdown = calculate_points(
+            PointsInput(
+                rarity_score=ds.rarity,
+                quality_score=quality,
+                specificity_grade=ds.grade,
+                verified=ds.verified,
+                is_first_bulk=is_first_bulk,
+                subject_dataset_count=subject_before,
+                dataset_number=dataset_number,
+            ),
+            rule_version=rules.rule_version,
+            min_quality_score=rules.min_quality_score,
+            early_contributor_datasets=rules.early_contributor_datasets,
+        )
+        points = breakdown.points
+        if points > rules.max_points_per_award:
+            # The sweep raises and rolls the award back: nothing is counted, the session is
+            # marked failed with back-off and retried (and fails again) later.
+            self._failed(
+                ds, award_us, f"ValueError: Award of {points} exceeds the per-award ceiling"
+            )
+            return
+
+        # The award stands: commit the counters it took.
+        if wallet.contributor_number is None:
+            wallet.contributor_number = contributor_number
+            self.contributors = contributor_number
+            wallet.first_us = award_us
+        if is_first_bulk:
+            wallet.bulk_subjects.add(subject)
+        self.subject_counts[subject] = subject_before + 1
+        self.subject_updated[subject] = award_us
+        self.datasets = dataset_number
+
+        is_rare = breakdown.subject_rarity_multiplier >= rules.rare_subject_multiplier
+        breakdown_json = _text(breakdown.model_dump_json())
+        subject_text = _text(subject)
+        wallet.submission_rows.append(
+            f"{ds.wallet}\t{ds.session_id}\t{_text(ds.title)}\t{subject_text}\t{ds.sample_count}\t"
+            f"{ds.rarity!r}\t{quality!r}\t{ds.grade}\t{_bool(ds.verified)}\t{ds.content_hash}\t"
+            f"{_bool(is_first_bulk)}\t{_bool(is_rare)}\t{dataset_number}\t{points}\t"
+            f"{breakdown.quality_multiplier!r}\t{breakdown.bulk_multiplier!r}\t"
+            f"{breakdown.subject_rarity_multiplier!r}\t{breakdown.specificity_multiplier!r}\t"
+            f"{breakdown.verification_multiplier!r}\t{breakdown.early_contributor_multiplier!r}\t"
+            f"{breakdown.total_multiplier!r}\t{breakdown_json}\t{self._rule_version}\t{at}\n"
+        )
+        wallet.ledger_rows.append(
+            f"{ds.wallet}\t{points}\t{SOURCE_DATASET}\t{ds.session_id}\t{self._rule_version}\t"
+            f"{_json({'subject': subject})}\t{at}\n"
+        )
+
+        # PointsRepository.add_to_user, then the stats user_stats would read.
+        wallet.total_points += points
+        wallet.submissions += 1
+        wallet.last_us = award_us
+        if points != 0:
+            wallet.points_us = award_us
+        wallet.rare += is_rare
+        wallet.quality_milli_sum += ds.quality_milli
+        wallet.subjects.add(subject)
+        wallet.grade_a += ds.grade == "A"
+        wallet.verified += ds.verified
+        wallet.days.add(day)
+        if wallet.day == day:
+            wallet.day_count += 1
+        else:
+            wallet.day, wallet.day_count = day, 1
+
+        self._unlock_achievements(wallet, at, award_us)
+        wallet.tier = tier_for(wallet.total_points)
+        self._session(
+            ds,
+            at,
+            points_status="awarded",
+            points=str(points),
+            breakdown=breakdown_json,
+            quality_multiplier=repr(breakdown.quality_multiplier),
+            total_multiplier=repr(breakdown.total_multiplier),
+        )
+        self.totals.awarded += 1
+        self.totals.points += points
+
+    def _unlock_achievements(self, wallet: _Wallet, at: str, award_us: int) -> None:
+        """tally.points.service._unlock_achievements: new ones only, bonuses after the check."""
+        rules = self.rules
+        unlocked = unlocked_achievements(wallet.stats(), rules.early_adopter_contributors)
+        bonus_total = 0
+        for achievement in unlocked:
+            if achievement.key in wallet.achieved:
+                continue
+            wallet.achieved.add(achievement.key)
+            self.totals.achievements += 1
+            wallet.achievement_rows.append(
+                f"{wallet.address}\t{_text(achievement.key)}\t{_text(achievement.name)}\t"
+                f"{_text(achievement.description)}\t{at}\n"
+            )
+            bonus = rules.achievement_bonus_points.get(achievement.key, 0)
+            if bonus > 0:
+                wallet.ledger_rows.append(
+                    f"{wallet.address}\t{bonus}\t{SOURCE_ACHIEVEMENT}\t"
+                    f"{_text(f'{wallet.address}:{achievement.key}')}\t{self._rule_version}\t"
+                    f"{_json({'achievement': achievement.name})}\t{at}\n"
+                )
+                bonus_total += bonus
+        if bonus_total:
+            wallet.total_points += bonus_total
+            wallet.points_us = award_us
+
+    def _session(
+        self,
+        ds: _Dataset,
+        at: str,
+        *,
+        points_status: str,
+        points: str = _NULL,
+        breakdown: str = _NULL,
+        quality_multiplier: str = _NULL,
+        total_multiplier: str = _NULL,
+        error: str = _NULL,
+    ) -> None:
+        self.chunk["verification_sessions"].append(
+            f"{ds.session_id}\tcompleted\t{ds.wallet}\t{ds.initial_data_json()}\t"
+            f"{ds.results_json()}\t{points}\t{breakdown}\t{quality_multiplier}\t"
+            f"{total_multiplier}\t{points_status}\t0\t{error}\t{_NULL}\t{at}\t"
+            f"{_ts(ds.created_us)}\t{at}\t{_ts(ds.completed_us)}\n"
+        )
+
+    def _failed(self, ds: _Dataset, award_us: int, error: str) -> None:
+        """PointsRepository.mark_session_failed after a first attempt."""
+        delay_s = min(self.settings.award_retry_base_s, self.settings.award_retry_max_s)
+        self.chunk["verification_sessions"].append(
+            f"{ds.session_id}\tcompleted\t{ds.wallet}\t{ds.initial_data_json()}\t"
+            f"{ds.results_json()}\t{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}\tfailed\t1\t"
+            f"{_text(error[:1000])}\t{_ts(award_us + delay_s * SECOND_US)}\t{_NULL}\t"
+            f"{_ts(ds.created_us)}\t{_ts(award_us)}\t{_ts(ds.completed_us)}\n"
+        )
+        self.totals.failed += 1
+
+    def pending_session(self, ds: _Dataset) -> None:
+        """An approved session the award job has not seen yet (points_status NULL)."""
+        completed = _ts(ds.completed_us)
+        self.chunk["verification_sessions"].append(
+            f"{ds.session_id}\tcompleted\t{ds.wallet}\t{ds.initial_data_json()}\t"
+            f"{ds.results_json()}\t{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}\t0\t{_NULL}\t"
+            f"{_NULL}\t{_NULL}\t{_ts(ds.created_us)}\t{completed}\t{completed}\n"
+        )
+        self.totals.pending += 1
+
+    def finish_wallet(self, wallet: _Wallet) -> None:
+        """The wallet has no datasets to come: its user row and everything that needs it."""
+        if wallet.contributor_number is None:
+            return  # never awarded: the sweep would not have created a user either
+        self.totals.users += 1
+        points_at = _ts(wallet.points_us) if wallet.points_us is not None else _NULL
+        first, last = _ts(wallet.first_us), _ts(wallet.last_us)
+        self.chunk["users"].append(
+            f"{wallet.address}\t{wallet.total_points}\t{wallet.submissions}\t{wallet.tier}\t"
+            f"{wallet.contributor_number}\t{first}\t{last}\t{points_at}\t{first}\t{last}\n"
+        )
+        self.chunk["user_submissions"].extend(wallet.submission_rows)
+        self.chunk["points_ledger"].extend(wallet.ledger_rows)
+        self.chunk["user_achievements"].extend(wallet.achievement_rows)
+
+    def take_chunk(self) -> dict[str, list[str]]:
+        chunk, self.chunk = self.chunk, {table: [] for table, _ in _TABLES}
+        return chunk
+
+
+def _stream(
+    rng: random.Random,
+    users: int,
+    start_us: int,
+    end_us: int,
+    seeder: _Seeder,
+    writer: _CopyWriter,
+    picks: set[int],
+    bar: tqdm[Any],
+) -> dict[int, str]:
+    """Generate the wallets in joining order and settle their datasets in claim order.
+
+    Wallet j joins at a time that never decreases with j and its datasets come at or after it,
+    so everything earlier than the next wallet's join time is final and can be settled.
+    """
+    heap: list[tuple[int, int, _Dataset, _Wallet]] = []
+    span_us = end_us - start_us
+    picked: dict[int, str] = {}
+
+    def settle_until(limit_us: int | None) -> None:
+        while heap and (limit_us is None or heap[0][0] < limit_us):
+            _, _, ds, wallet = heapq.heappop(heap)
+            seeder.settle(ds, wallet)
+            wallet.remaining -= 1
+            if wallet.remaining == 0:
+                seeder.finish_wallet(wallet)
+            if len(seeder.chunk["verification_sessions"]) >= CHUNK_SESSIONS:
+                writer.submit(seeder.take_chunk())
+
+    for j in range(users):
+        address = f"0x{rng.getrandbits(160):040x}"
+        if j in picks:
+            picked[j] = address
+        # More wallets join recently: join times spread like sqrt over the history.
+        join_us = start_us + int(span_us * math.sqrt((j + rng.random()) / users))
+        settle_until(join_us)
+        count = rng.randint(1, 5)
+        wallet = _Wallet(address=address, remaining=count)
+        completed_us = join_us
+        for i in range(count):
+            if i:
+                step = SECOND_US * 60 + int(rng.expovariate(1 / MEAN_GAP_US))
+                if completed_us + step > end_us:
+                    step = int((end_us - completed_us) * rng.random())
+                completed_us += step
+            ds = _dataset(rng, address, completed_us, first=i == 0)
+            heapq.heappush(heap, (completed_us, ds.session_id.int, ds, wallet))
+        seeder.totals.wallets += 1
+        bar.update(1)
+    settle_until(None)
+    return picked
+
+
+def seed(
+    *,
+    users: int = 1000,
+    pending: int = 25,
+    random_seed: int = 42,
+    now: datetime | None = None,
+) -> dict[str, int]:
+    """Create `users` wallets with 1-5 approved datasets each, settled exactly as the award
+    sweep would have settled them in completed_at order, and leave `pending` approved sessions
+    for the running award job to pick up. See the module docstring for how and for what
+    happens in a database that already holds data (new wallets are appended)."""
+    if users < 0 or pending < 0:
+        raise ValueError("users and pending must not be negative")
+    started = time.perf_counter()
+    settings = get_settings()
+    now_us = ((now or datetime.now(UTC)) - _EPOCH) // timedelta(microseconds=1)
+    end_us = now_us - PENDING_WINDOW_US
+    start_us = end_us - HISTORY_DAYS * DAY_US
+    conn = get_connection()
+    with conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = 0")
+        # The sweep takes this lock first for every award: holding it serialises us with it.
+        counters = {
+            r["name"]: int(r["value"])
+            for r in conn.execute(
+                "SELECT name, value FROM platform_counters "
+                "WHERE name IN ('datasets', 'contributors') ORDER BY name FOR UPDATE"
+            ).fetchall()
+        }
+        row = conn.execute("SELECT count(*) AS n FROM verification_sessions").fetchone()
+        existing_sessions = int(row["n"]) if row else 0
+        subject_counts = {
+            r["subject"]: int(r["dataset_count"])
+            for r in conn.execute("SELECT subject, dataset_count FROM subject_rarity_cache")
+        }
+        stream_key: int | str = (
+            random_seed if existing_sessions == 0 else f"{random_seed}:{existing_sessions}"
+        )
+        rng = random.Random(stream_key)
+        pick_rng = random.Random(f"{stream_key}:pending")
+        picks = [pick_rng.randrange(users) for _ in range(pending)] if users else []
+
+        seeder = _Seeder(
+            settings,
+            datasets=counters.get("datasets", 0),
+            contributors=counters.get("contributors", 0),
+            subject_counts=subject_counts,
+        )
+        with (
+            tqdm(total=users, desc="settle", unit="wallet", position=0) as bar,
+            tqdm(desc="copy", unit="row", position=1) as copy_bar,
+        ):
+            writer = _CopyWriter(conn, copy_bar)
+            try:
+                picked = _stream(rng, users, start_us, end_us, seeder, writer, set(picks), bar)
+                # 4. Approved sessions for the running award job, completed after all the rest.
+                times = sorted(
+                    end_us + 1 + int(rng.random() * (PENDING_WINDOW_US - 1)) for _ in picks
+                )
+                for pick, completed_us in tqdm(
+                    list(zip(picks, times, strict=True)), desc="pending", unit="session"
+                ):
+                    seeder.pending_session(_dataset(rng, picked[pick], completed_us, first=True))
+                writer.submit(seeder.take_chunk())
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+
+        for _ in tqdm(range(1), desc="counters", unit="step"):
+            _finish(conn, seeder)
+    totals = seeder.totals
+    for _ in tqdm(range(1), desc="analyze", unit="step"):
+        conn.execute(
+            "ANALYZE users, verification_sessions, user_submissions, points_ledger, "
+            "user_achievements, subject_rarity_cache"
+        )
+    summary = {
+        "wallets": totals.wallets,
+        "users": totals.users,
+        "sessions": totals.sessions,
+        "awarded": totals.awarded,
+        "skipped": totals.skipped,
+        "held": totals.held,
+        "failed": totals.failed,
+        "points": totals.points,
+        "achievements": totals.achievements,
+        "pending": totals.pending,
+    }
+    elapsed = time.perf_counter() - started
+    print(
+        f"Seeded {totals.users:,} users ({totals.wallets:,} wallets): {totals.sessions:,} "
+        f"sessions, {totals.awarded:,} awarded ({totals.points:,} points), "
+        f"{totals.skipped:,} skipped, {totals.held:,} held, {totals.failed:,} failed, "
+        f"{totals.achievements:,} achievements; {totals.pending:,} pending for the award job; "
+        f"datasets {seeder.datasets:,}, contributors {seeder.contributors:,}; "
+        f"{elapsed:.1f}s"
+    )
     return summary
+
+
+def _finish(conn: Any, seeder: _Seeder) -> None:
+    """Final subject counts (tier as bump_subject sets it) and platform counters."""
+    rows = []
+    for subject, last_us in seeder.subject_updated.items():
+        count = seeder.subject_counts[subject]
+        tier, multiplier = subject_rarity(count)
+        rows.append((subject, count, tier, multiplier, _EPOCH + timedelta(microseconds=last_us)))
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """
+                INSERT INTO subject_rarity_cache
+                    (subject, dataset_count, rarity_tier, rarity_multiplier, last_updated)
+                VALUES (%s, %s, %s, %s, %s)
+                ON CONFLICT (subject) DO UPDATE
+                    SET dataset_count = EXCLUDED.dataset_count,
+                        rarity_tier = EXCLUDED.rarity_tier,
+                        rarity_multiplier = EXCLUDED.rarity_multiplier,
+                        last_updated = GREATEST(subject_rarity_cache.last_updated,
+                                                EXCLUDED.last_updated)
+                """,
+                rows,
+            )
+    conn.execute(
+        "UPDATE platform_counters SET value = %s WHERE name = 'datasets'", (seeder.datasets,)
+    )
+    conn.execute(
+        "UPDATE platform_counters SET value = %s WHERE name = 'contributors'",
+        (seeder.contributors,),
+    )
