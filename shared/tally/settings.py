@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     award_retry_max_s: int = Field(3600, validation_alias="AWARD_RETRY_MAX_SECONDS", ge=1)
     job_safety_margin_ms: int = Field(10_000, validation_alias="JOB_SAFETY_MARGIN_MS", ge=0)
 
+    leaderboard_tiebreak: Literal["none", "earliest", "submissions"] = Field(
+        "none", validation_alias="LEADERBOARD_TIEBREAK"
+    )
+    leaderboard_freshness_s: float = Field(
+        5.0,
+        validation_alias="LEADERBOARD_FRESHNESS_SECONDS",
+        ge=0,
+        le=300,
+        description="How long a board version is trusted in memory for If-None-Match.",
+    )
+    leaderboard_max_age_s: int = Field(15, validation_alias="LEADERBOARD_MAX_AGE_SECONDS", ge=0)
+    export_bucket: str | None = Field(None, validation_alias="EXPORT_BUCKET")
+    export_url_ttl_s: int = Field(900, validation_alias="EXPORT_URL_TTL_SECONDS", ge=60)
+
     leaderboard_page_max: int = Field(100, validation_alias="LEADERBOARD_PAGE_MAX", ge=1, le=1000)
 
     points: PointsRules = Field(default_factory=PointsRules)

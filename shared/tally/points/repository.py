@@ -394,40 +394,6 @@ class PointsRepository:
             "SELECT * FROM users WHERE wallet_address = %s", (wallet_address,)
         ).fetchone()
 
-    def count_above(self, total_points: int) -> int:
-        row = self.conn.execute(
-            "SELECT count(*) AS n FROM users WHERE total_points > %s", (total_points,)
-        ).fetchone()
-        return int(row["n"]) if row else 0
-
-    def count_equal(self, total_points: int) -> int:
-        row = self.conn.execute(
-            "SELECT count(*) AS n FROM users WHERE total_points = %s", (total_points,)
-        ).fetchone()
-        return int(row["n"]) if row else 0
-
-    def leaderboard_page(
-        self, *, limit: int, after_points: int | None, after_wallet: str | None
-    ) -> list[Row]:
-        if after_points is None:
-            return self.conn.execute(
-                """
-                SELECT wallet_address, total_points, tier, total_submissions FROM users
-                ORDER BY total_points DESC, wallet_address
-                LIMIT %s
-                """,
-                (limit,),
-            ).fetchall()
-        return self.conn.execute(
-            """
-            SELECT wallet_address, total_points, tier, total_submissions FROM users
-            WHERE (total_points < %(p)s OR (total_points = %(p)s AND wallet_address > %(w)s))
-            ORDER BY total_points DESC, wallet_address
-            LIMIT %(limit)s
-            """,
-            {"p": after_points, "w": after_wallet, "limit": limit},
-        ).fetchall()
-
     def recent_submissions(self, wallet_address: str, limit: int) -> list[Row]:
         return self.conn.execute(
             """

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +10,9 @@ from uuid import UUID
 from aws_lambda_powertools import Logger
 
 from tally.db.connection import transaction
-from tally.errors import Conflict, InvalidInput, NotFound
+from tally.errors import Conflict, NotFound
+from tally.leaderboards.boards import Tiebreak
+from tally.leaderboards.service import board_page, rank_of
 from tally.observability import metrics
 from tally.points import calculator
 from tally.points.achievements import ACHIEVEMENTS_BY_KEY, unlocked_achievements
@@ -368,77 +366,23 @@ def review_flag(flag_id: int, review: FlagReview, reviewer: str) -> AbuseFlagOut
 # -- reads ---------------------------------------------------------------------------------------
 
 
-def encode_cursor(points: int, wallet: str) -> str:
-    raw = json.dumps([points, wallet], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        points, wallet = json.loads(raw)
-        if not isinstance(points, int) or not isinstance(wallet, str):
-            raise ValueError
-        return points, wallet
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-        raise InvalidInput("The cursor is not one this API returned", field="cursor") from exc
-
-
 def leaderboard(limit: int, cursor: str | None) -> LeaderboardPage:
-    after = decode_cursor(cursor) if cursor else None
-    with transaction() as conn:
-        repo = PointsRepository(conn)
-        rows = repo.leaderboard_page(
-            limit=limit + 1,
-            after_points=after[0] if after else None,
-            after_wallet=after[1] if after else None,
-        )
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        if not rows:
-            return LeaderboardPage(items=[], next_cursor=None)
-        items = _rank_page(repo, rows, has_more)
-    last = rows[-1]
-    next_cursor = encode_cursor(last["total_points"], last["wallet_address"]) if has_more else None
-    return LeaderboardPage(items=items, next_cursor=next_cursor)
-
-
-def _rank_page(repo: PointsRepository, rows: list[Row], has_more: bool) -> list[LeaderboardEntry]:
-    """Competition ranks (1, 2, 2, 4) for a contiguous page of the board.
-
-    Only the edges need the database: the first value's rank and how many share it (some may sit
-    on the previous page), and how many share the last value when the board goes on. Everyone
-    strictly between two values on the page is on the page.
-    """
-    first_points = rows[0]["total_points"]
-    first_rank = repo.count_above(first_points) + 1
-    on_page = Counter(r["total_points"] for r in rows)
-    ties = dict(on_page)
-    ties[first_points] = repo.count_equal(first_points)
-    last_points = rows[-1]["total_points"]
-    if has_more and last_points != first_points:
-        ties[last_points] = repo.count_equal(last_points)
-    items: list[LeaderboardEntry] = []
-    rank = first_rank
-    for index, row in enumerate(rows):
-        points = row["total_points"]
-        if index and points != rows[index - 1]["total_points"]:
-            rank = first_rank + ties[first_points] + index - on_page[first_points]
-        items.append(
+    """The all-time board (GET /api/leaderboard), from the leaderboards machinery."""
+    page, _ = board_page(limit=limit, cursor=cursor, tiebreak=Tiebreak.NONE.value)
+    return LeaderboardPage(
+        items=[
             LeaderboardEntry(
-                rank=rank,
-                is_tied=ties[points] > 1,
-                wallet_address=row["wallet_address"],
-                total_points=points,
-                tier=row["tier"],
-                total_submissions=row["total_submissions"],
+                rank=e.rank,
+                is_tied=e.is_tied,
+                wallet_address=e.wallet_address,
+                total_points=e.points,
+                tier=e.tier,
+                total_submissions=e.submissions,
             )
-        )
-    return items
-
-
-def user_rank(repo: PointsRepository, total_points: int) -> tuple[int, bool]:
-    return repo.count_above(total_points) + 1, repo.count_equal(total_points) > 1
+            for e in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 def user_profile(wallet: str, recent: int = 10) -> UserProfile:
@@ -447,8 +391,8 @@ def user_profile(wallet: str, recent: int = 10) -> UserProfile:
         user = repo.get_user(wallet)
         if user is None:
             raise NotFound(f"No user with wallet {wallet}")
-        rank, tied = user_rank(repo, user["total_points"])
         submissions = repo.recent_submissions(wallet, recent)
+    rank, tied = rank_of(wallet) or (0, False)
     return UserProfile(
         wallet_address=user["wallet_address"],
         total_points=user["total_points"],

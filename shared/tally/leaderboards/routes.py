@@ -1,0 +1,181 @@
+"""HTTP routes of the leaderboards (the guide's /api/v1/leaderboard paths)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from tally.api.caching import conditional_response
+from tally.api.deps import access
+from tally.auth import Role
+from tally.leaderboards import exports, service
+from tally.leaderboards.boards import ALL_TIME, season_board, week_board
+from tally.leaderboards.models import (
+    AroundMe,
+    BoardPage,
+    SeasonIn,
+    SeasonOut,
+    SeasonUpdate,
+    UserStats,
+)
+from tally.settings import get_settings
+
+Season = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Week = Annotated[int, Path(ge=1, le=60)]
+UserId = Annotated[str, Path(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_:.\-]+$")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Cursor = Annotated[str | None, Query(max_length=800)]
+TiebreakParam = Annotated[Literal["none", "earliest", "submissions"] | None, Query()]
+Size = Annotated[int, Query(ge=1, le=50)]
+
+router = APIRouter(prefix="/api/v1/leaderboard", tags=["leaderboards"])
+
+
+def _limit(limit: int) -> int:
+    return min(limit, get_settings().leaderboard_page_max)
+
+
+@router.get("/seasons", **access(Role.PUBLIC))
+def get_seasons() -> list[SeasonOut]:
+    return service.list_seasons()
+
+
+@router.post("/seasons", status_code=201, **access(Role.ADMIN))
+def post_season(body: SeasonIn) -> SeasonOut:
+    return service.create_season(body)
+
+
+@router.patch("/seasons/{season}", **access(Role.ADMIN))
+def patch_season(season: Season, body: SeasonUpdate) -> SeasonOut:
+    return service.update_season(season, body)
+
+
+@router.get("/season/{season}", response_model=BoardPage, **access(Role.PUBLIC))
+def get_season_board(
+    request: Request,
+    season: Season,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    tiebreak: TiebreakParam = None,
+) -> Response:
+    return conditional_response(
+        request,
+        season_board(season),
+        lambda: service.board_version(season),
+        lambda: service.board_page(
+            season=season, limit=_limit(limit), cursor=cursor, tiebreak=tiebreak
+        ),
+    )
+
+
+@router.get("/season/{season}/around/{user_id}", response_model=AroundMe, **access(Role.PUBLIC))
+def get_season_around(
+    request: Request,
+    season: Season,
+    user_id: UserId,
+    size: Size = 5,
+    tiebreak: TiebreakParam = None,
+) -> Response:
+    return conditional_response(
+        request,
+        season_board(season),
+        lambda: service.board_version(season),
+        lambda: service.around(user_id, season=season, size=size, tiebreak=tiebreak),
+    )
+
+
+@router.get("/week/{season}/{week}", response_model=BoardPage, **access(Role.PUBLIC))
+def get_week_board(
+    request: Request,
+    season: Season,
+    week: Week,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    tiebreak: TiebreakParam = None,
+) -> Response:
+    return conditional_response(
+        request,
+        week_board(season, week),
+        lambda: service.board_version(season, week),
+        lambda: service.board_page(
+            season=season, week=week, limit=_limit(limit), cursor=cursor, tiebreak=tiebreak
+        ),
+    )
+
+
+@router.get(
+    "/week/{season}/{week}/around/{user_id}", response_model=AroundMe, **access(Role.PUBLIC)
+)
+def get_week_around(
+    request: Request,
+    season: Season,
+    week: Week,
+    user_id: UserId,
+    size: Size = 5,
+    tiebreak: TiebreakParam = None,
+) -> Response:
+    return conditional_response(
+        request,
+        week_board(season, week),
+        lambda: service.board_version(season, week),
+        lambda: service.around(user_id, season=season, week=week, size=size, tiebreak=tiebreak),
+    )
+
+
+@router.get("/all/around/{user_id}", response_model=AroundMe, **access(Role.PUBLIC))
+def get_all_time_around(
+    request: Request, user_id: UserId, size: Size = 5, tiebreak: TiebreakParam = None
+) -> Response:
+    return conditional_response(
+        request,
+        ALL_TIME,
+        lambda: service.board_version(),
+        lambda: service.around(user_id, size=size, tiebreak=tiebreak),
+    )
+
+
+@router.get("/user/{user_id}/stats", **access(Role.PUBLIC))
+def get_user_stats(
+    user_id: UserId, season: Annotated[str | None, Query(max_length=63)] = None
+) -> UserStats:
+    return service.user_stats(user_id, season)
+
+
+def _export(season: str, week: int | None, fmt: str, tiebreak: str | None) -> Response:
+    stream = service.export_rows(season, week, fmt, tiebreak)
+    filename = service.export_filename(season, week, fmt)
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+    bucket = get_settings().export_bucket
+    if bucket:
+        # Lambda responses are buffered and capped at 6 MB: large files go through S3.
+        return RedirectResponse(exports.publish(stream, filename, media), status_code=303)
+    return StreamingResponse(
+        stream,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+Format = Annotated[Literal["csv", "json"], Query(alias="format")]
+
+
+@router.get(
+    "/export/{season}",
+    **access(Role.PUBLIC),
+    responses={200: {"content": {"text/csv": {}, "application/json": {}}}},
+)
+def get_export(season: Season, fmt: Format = "csv", tiebreak: TiebreakParam = None) -> Response:
+    return _export(season, None, fmt, tiebreak)
+
+
+@router.get(
+    "/export/{season}/week/{week}",
+    **access(Role.PUBLIC),
+    responses={200: {"content": {"text/csv": {}, "application/json": {}}}},
+)
+def get_week_export(
+    season: Season, week: Week, fmt: Format = "csv", tiebreak: TiebreakParam = None
+) -> Response:
+    return _export(season, week, fmt, tiebreak)
