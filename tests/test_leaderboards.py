@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import threading
 from collections import defaultdict
@@ -90,7 +91,7 @@ def test_ranking_properties(
     assert sorted(e.wallet_address for e in board) == sorted(totals)
     assert [e.points for e in board] == sorted(totals.values(), reverse=True)
     assert {e.wallet_address: e.rank for e in board} == expected
-    for before, after in zip(board, board[1:], strict=False):
+    for before, after in itertools.pairwise(board):
         if before.points == after.points:
             assert before.rank == after.rank and before.is_tied and after.is_tied
         else:
