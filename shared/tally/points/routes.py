@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
+from tally.api.caching import conditional_response
 from tally.api.deps import access, caller
 from tally.auth import Principal, Role
+from tally.leaderboards.boards import ALL_TIME
+from tally.leaderboards.service import board_version
 from tally.points import service
 from tally.points.models import (
     AbuseFlagOut,
@@ -28,12 +31,20 @@ verification_router = APIRouter(tags=["verifications"])
 admin_router = APIRouter(tags=["admin"])
 
 
-@leaderboard_router.get("/api/leaderboard", **access(Role.PUBLIC))
+@leaderboard_router.get(
+    "/api/leaderboard", response_model=LeaderboardPage, **access(Role.PUBLIC)
+)
 def get_leaderboard(
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=600)] = None,
-) -> LeaderboardPage:
-    return service.leaderboard(min(limit, get_settings().leaderboard_page_max), cursor)
+    cursor: Annotated[str | None, Query(max_length=800)] = None,
+) -> Response:
+    return conditional_response(
+        request,
+        ALL_TIME,
+        board_version,
+        lambda: service.leaderboard(min(limit, get_settings().leaderboard_page_max), cursor),
+    )
 
 
 @leaderboard_router.get("/api/users/{wallet}", **access(Role.PUBLIC))

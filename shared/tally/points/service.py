@@ -366,10 +366,11 @@ def review_flag(flag_id: int, review: FlagReview, reviewer: str) -> AbuseFlagOut
 # -- reads ---------------------------------------------------------------------------------------
 
 
-def leaderboard(limit: int, cursor: str | None) -> LeaderboardPage:
-    """The all-time board (GET /api/leaderboard), from the leaderboards machinery."""
-    page, _ = board_page(limit=limit, cursor=cursor, tiebreak=Tiebreak.NONE.value)
-    return LeaderboardPage(
+def leaderboard(limit: int, cursor: str | None) -> tuple[LeaderboardPage, str]:
+    """The all-time board (GET /api/leaderboard) from the leaderboards machinery, and the
+    board version it was read at."""
+    page, version = board_page(limit=limit, cursor=cursor, tiebreak=Tiebreak.NONE.value)
+    result = LeaderboardPage(
         items=[
             LeaderboardEntry(
                 rank=e.rank,
@@ -383,6 +384,7 @@ def leaderboard(limit: int, cursor: str | None) -> LeaderboardPage:
         ],
         next_cursor=page.next_cursor,
     )
+    return result, version
 
 
 def user_profile(wallet: str, recent: int = 10) -> UserProfile:
