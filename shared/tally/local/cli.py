@@ -70,9 +70,13 @@ def cmd_dev(args: argparse.Namespace, root: Path) -> int:
     print(f"Tally dev: database {url}", flush=True)
     print(f"  migrations applied: {len(applied)}", flush=True)
     if args.seed:
-        from tally.local.seed import seed
+        from tally.local.seed import ensure_demo_season, has_data, seed
 
-        seed(users=args.seed)
+        if has_data():
+            print("  seed      skipped: the database has users already (`tally seed` adds more)")
+        else:
+            seed(users=args.seed)
+            ensure_demo_season()
     app = build_local_app(template)
     scheduler = Scheduler(template)
     if not args.no_schedules:
@@ -110,11 +114,12 @@ def cmd_migrate(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, root: Path) -> int:
-    from tally.local.seed import seed
+    from tally.local.seed import ensure_demo_season, seed
 
     prepare_environment(root)
     _migrate()
     seed(users=args.users, pending=args.pending, random_seed=args.random_seed)
+    ensure_demo_season()
     return 0
 
 
