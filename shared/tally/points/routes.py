@@ -31,9 +31,7 @@ verification_router = APIRouter(tags=["verifications"])
 admin_router = APIRouter(tags=["admin"])
 
 
-@leaderboard_router.get(
-    "/api/leaderboard", response_model=LeaderboardPage, **access(Role.PUBLIC)
-)
+@leaderboard_router.get("/api/leaderboard", response_model=LeaderboardPage, **access(Role.PUBLIC))
 def get_leaderboard(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
