@@ -72,3 +72,44 @@ def token(subject: str = "tester", *roles: str, ttl_s: int = 600, **overrides: A
 
 def auth(subject: str = "tester", *roles: str, **overrides: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(subject, *roles, **overrides)}"}
+
+
+def assert_ledger_matches_totals(db: Any) -> None:
+    """Every user's total is the sum of their ledger entries (REFERENCE.md's reconciliation)."""
+    mismatches = db.execute(
+        """
+        SELECT u.wallet_address, u.total_points, COALESCE(sum(l.points), 0) AS ledger
+        FROM users u LEFT JOIN points_ledger l USING (wallet_address)
+        GROUP BY u.wallet_address, u.total_points
+        HAVING u.total_points <> COALESCE(sum(l.points), 0)
+        """
+    ).fetchall()
+    assert mismatches == []
+
+
+def run_concurrently(job: Any, times: int = 2) -> list[Any]:
+    """Start `job` in `times` threads at once (each with its own connection), return results."""
+    import threading
+
+    from tally.db.connection import close_connection
+
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(times)
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(job())
+        except BaseException as exc:  # reported to the caller below
+            errors.append(exc)
+        finally:
+            close_connection()
+
+    threads = [threading.Thread(target=run) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [], errors
+    return results

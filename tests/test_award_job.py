@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import psycopg
 import pytest
 
-from tally.db.connection import close_connection
 from tally.points import service
 from tally.points.models import FlagReview, VerificationIn
 from tally.points.repository import PointsRepository
-from tests.support import verification_body
+from tests.support import assert_ledger_matches_totals, run_concurrently, verification_body
 
 WALLET = "0xabc0000000000000000000000000000000000001"
 
@@ -27,18 +25,6 @@ def session(db: psycopg.Connection[Any], session_id: str) -> dict[str, Any]:
     row = db.execute("SELECT * FROM verification_sessions WHERE id = %s", (session_id,)).fetchone()
     assert row is not None
     return row
-
-
-def assert_ledger_matches_totals(db: psycopg.Connection[Any]) -> None:
-    mismatches = db.execute(
-        """
-        SELECT u.wallet_address, u.total_points, COALESCE(sum(l.points), 0) AS ledger
-        FROM users u LEFT JOIN points_ledger l USING (wallet_address)
-        GROUP BY u.wallet_address, u.total_points
-        HAVING u.total_points <> COALESCE(sum(l.points), 0)
-        """
-    ).fetchall()
-    assert mismatches == []
 
 
 def test_award_writes_everything_in_one_go(
@@ -202,25 +188,7 @@ def test_two_concurrent_sweeps_award_each_session_once(db: psycopg.Connection[An
     wallets = [f"0xconc{i:04d}" for i in range(8)]
     for i in range(120):
         record(wallet=wallets[i % len(wallets)], subject=f"s{i % 13}")
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
-
-    def sweep() -> None:
-        try:
-            barrier.wait()
-            results.append(service.award_pending(batch_size=1000))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            close_connection()
-
-    threads = [threading.Thread(target=sweep) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = run_concurrently(lambda: service.award_pending(batch_size=1000))
     assert sum(r.awarded for r in results) == 120
     assert all(r.awarded > 0 for r in results), "both sweeps should have done some of the work"
     counts = db.execute(

@@ -6,7 +6,6 @@ import csv
 import io
 import itertools
 import json
-import threading
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tally.db.connection import close_connection
 from tally.leaderboards import service
 from tally.leaderboards.boards import Tiebreak, season_weeks
 from tally.leaderboards.models import SeasonIn, SeasonUpdate
 from tests.conftest import _truncate
+from tests.support import run_concurrently
 
 Conn = psycopg.Connection[dict[str, Any]]
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
@@ -363,19 +362,8 @@ def test_snapshot_is_idempotent_and_single_flight(db: Conn) -> None:
         ("0xsnap2", 2),
         ("0xsnap3", 4),
     ]
-    results: list[Any] = []
-    barrier = threading.Barrier(2)
-
-    def run() -> None:
-        barrier.wait()
-        results.append(service.snapshot(day))
-        close_connection()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_concurrently(lambda: service.snapshot(day))
+    assert sorted(r.ran for r in results) in ([False, True], [True, True])
     assert db.execute("SELECT count(*) AS n FROM leaderboard_snapshot").fetchone() == {"n": 4}
 
 

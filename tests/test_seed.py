@@ -22,6 +22,7 @@ from tally.points.models import AwardRunResult, VerificationIn
 from tally.points.tiers import tier_for
 from tally.settings import get_settings, reset_settings
 from tests.conftest import _truncate
+from tests.support import assert_ledger_matches_totals
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -114,18 +115,6 @@ def replayed_achievements(db: Conn) -> dict[str, set[str]]:
             tier = tier_for(total)
         expected[wallet] = keys
     return expected
-
-
-def assert_ledger_matches_totals(db: Conn) -> None:
-    mismatches = db.execute(
-        """
-        SELECT u.wallet_address, u.total_points, COALESCE(sum(l.points), 0) AS ledger
-        FROM users u LEFT JOIN points_ledger l USING (wallet_address)
-        GROUP BY u.wallet_address, u.total_points
-        HAVING u.total_points <> COALESCE(sum(l.points), 0)
-        """
-    ).fetchall()
-    assert mismatches == []
 
 
 def assert_boards_match_ledger(db: Conn) -> None:

@@ -1,19 +1,7 @@
 """API: verification results from the verifier service, and the admin review of held awards."""
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
-from mangum import Mangum
-
-from tally.api.app import create_app
-from tally.observability import API_CORRELATION, lambda_handler
+from tally.api.app import lambda_api
 from tally.points.routes import admin_router, verification_router
 
 ROUTERS = [verification_router, admin_router]
-app = create_app("Tally verification API", ROUTERS)
-_asgi = Mangum(app, lifespan="off")
-
-
-@lambda_handler(correlation_id_path=API_CORRELATION)
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return _asgi(event, context)
+app, handler = lambda_api("Tally verification API", ROUTERS)

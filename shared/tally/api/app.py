@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tally import __version__
 from tally.errors import TallyError
+from tally.observability import API_CORRELATION, Handler, lambda_handler
 
 logger = Logger(child=True)
 
@@ -76,3 +78,18 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+def lambda_api(title: str, routers: Sequence[APIRouter]) -> tuple[FastAPI, Handler]:
+    """An API function's app and its Lambda handler: Mangum (no lifespan: connections live at
+    module scope) under the decorator stack every handler wears."""
+    from mangum import Mangum
+
+    app = create_app(title, routers)
+    asgi = Mangum(app, lifespan="off")
+
+    @lambda_handler(correlation_id_path=API_CORRELATION)
+    def handler(event: dict[str, Any], context: LambdaContext) -> Any:
+        return asgi(event, context)  # type: ignore[arg-type]  # two typings of one context
+
+    return app, handler
