@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from bench.db import PlanTiming
 from bench.stats import Summary, log
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -66,7 +67,9 @@ class AwardReport:
     concurrent: SweepRun
     checks: dict[str, bool]
     totals: dict[str, int]
-    claim_plan: str
+    claim_plan: str  # as text, on the drained queue
+    claim_before_vacuum: PlanTiming
+    claim_after_vacuum: PlanTiming
 
 
 def insert_pending(conn: Conn, count: int, wallets: int, tag: str) -> None:
@@ -261,6 +264,17 @@ def check_consistency(conn: Conn, expected_awards: int) -> tuple[dict[str, bool]
         "u.total_points HAVING u.total_points <> COALESCE(sum(l.points), 0)) AS m"
     )
     distinct_numbers = one("SELECT count(DISTINCT dataset_number) FROM user_submissions")
+    board_off = one(
+        "SELECT count(*) FROM (SELECT wallet_address, sum(points) AS s FROM points_ledger "
+        "GROUP BY wallet_address) AS l FULL JOIN (SELECT wallet_address, points FROM board_scores "
+        "WHERE board = 'all') AS b USING (wallet_address) WHERE l.s IS DISTINCT FROM b.points"
+    )
+    histogram_off = one(
+        "SELECT count(*) FROM (SELECT points, count(*) AS n FROM board_scores "
+        "WHERE board = 'all' GROUP BY points) AS b FULL JOIN (SELECT points, users "
+        "FROM board_score_counts WHERE board = 'all' AND users <> 0) AS c USING (points) "
+        "WHERE b.n IS DISTINCT FROM c.users"
+    )
     checks = {
         "ledger sum == sum of users.total_points": totals["ledger_points"] == totals["user_points"],
         "every user's total == their ledger entries": users_off == 0,
@@ -270,6 +284,8 @@ def check_consistency(conn: Conn, expected_awards: int) -> tuple[dict[str, bool]
         == totals["ledger_dataset_entries"],
         "every queued session awarded": totals["awarded_sessions"] == expected_awards
         and totals["still_queued"] == 0,
+        "all-time board == ledger, per user": board_off == 0,
+        "score histogram == board": histogram_off == 0,
         "dataset numbers 1..N, no gap or repeat": distinct_numbers
         == totals["dataset_counter"]
         == totals["submissions"],
@@ -286,15 +302,20 @@ def _scalar_query(conn: Conn) -> Callable[[str], int]:
     return one
 
 
-def claim_plan(conn: Conn) -> str:
-    """EXPLAIN of the sweep's own claim query on the drained queue: is the partial index used,
-    and how much of it does a claim still read once every queued row has left it?"""
-    from bench.db import repository_sql
+def claim_plans(conn: Conn) -> tuple[str, PlanTiming, PlanTiming]:
+    """The sweep's own claim query on the drained queue, then again after a VACUUM.
 
-    sql, params = repository_sql(lambda repo: repo.claim_next_award())
-    with conn.transaction():
-        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, params).fetchall()
-    return "\n".join(str(next(iter(r.values()))) for r in rows)
+    Every award leaves a dead entry in the partial queue index until vacuum removes it, and a
+    claim walks past those: the difference shows what a long sweep pays for them.
+    """
+    from bench.db import explain_text, plan_timing, repository_sql
+    from tally.points.repository import PointsRepository
+
+    sql, params = repository_sql(PointsRepository, lambda repo: repo.claim_next_award())
+    text = explain_text(conn, sql, params)
+    before = plan_timing(conn, sql, params)
+    conn.execute("VACUUM verification_sessions")
+    return text, before, plan_timing(conn, sql, params)
 
 
 def run(database_url: str, *, pending: int, concurrent: int, batch_size: int) -> AwardReport:
@@ -317,7 +338,7 @@ def run(database_url: str, *, pending: int, concurrent: int, batch_size: int) ->
         log(f"award: {parallel.awarded:,} in {parallel.seconds:.1f}s = {parallel.rate:,.0f}/s")
 
         checks, totals = check_consistency(conn, expected_awards=pending + concurrent)
-        plan = claim_plan(conn)
+        plans = claim_plans(conn)
     for name, ok in checks.items():
         log(f"award: check {'ok  ' if ok else 'FAIL'} {name}")
-    return AwardReport(batch_size, sequential, parallel, checks, totals, plan)
+    return AwardReport(batch_size, sequential, parallel, checks, totals, *plans)

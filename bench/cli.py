@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
 
     from bench import award, leaderboard, report
     from bench.db import fresh_database, open_server, server_facts
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         pending=args.pending,
         concurrent=args.concurrent,
         bench_seconds=time.perf_counter() - started,
+        load_at_start=load_at_start,
         schedule=award_job_schedule(),
     )
     report.write(args.out, report.render(info, award_report, board_report))

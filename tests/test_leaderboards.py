@@ -204,17 +204,74 @@ def test_period_boundaries_are_utc_and_half_open(db: Conn) -> None:
 
 
 def test_season_created_later_is_rebuilt_from_the_ledger(db: Conn) -> None:
+    from tally.errors import Conflict
+
     credit(db, "0xold", 70, T0 + timedelta(days=1))
     credit(db, "0xold", 30, T0 + timedelta(days=8))
     make_season("late", T0, 14)
     assert [(e.wallet_address, e.points) for e in whole_board(season="late")] == [("0xold", 100)]
     assert whole_board(season="late", week=2)[0].points == 30
-    service.update_season("late", SeasonUpdate(ends_at=T0 + timedelta(days=7)))
-    assert whole_board(season="late")[0].points == 70
+    _, before = service.board_page(season="late")
+    # History is fixed: a started season cannot move its start or end in the past.
+    with pytest.raises(Conflict):
+        service.update_season("late", SeasonUpdate(ends_at=T0 + timedelta(days=7)))
+    with pytest.raises(Conflict):
+        service.update_season("late", SeasonUpdate(starts_at=T0 + timedelta(days=1)))
+    renamed = service.update_season("late", SeasonUpdate(name="Renamed"))
+    assert renamed.name == "Renamed" and renamed.weeks == 2
+    page, after = service.board_page(season="late")
+    assert page.items[0].points == 100
+    assert after != before  # an edit changes the ETag's version
+
+
+def test_future_season_can_move_and_is_rebuilt(db: Conn) -> None:
+    start = datetime.now(UTC) + timedelta(days=10)
+    make_season("soon", start, 14)
+    moved = service.update_season(
+        "soon",
+        SeasonUpdate(starts_at=start + timedelta(days=7), ends_at=start + timedelta(days=35)),
+    )
+    assert moved.weeks == len(season_weeks(start + timedelta(days=7), start + timedelta(days=35)))
+    from tally.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        service.update_season("soon", SeasonUpdate(ends_at=start))
+
+
+def test_extending_a_started_season_keeps_its_closed_weeks(db: Conn) -> None:
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=now.weekday() + 14)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    make_season("run", start, 21)  # weeks 1 and 2 are over, week 3 is this week
+    credit(db, "0xa", 10, start + timedelta(days=1))
+    service.close_periods()
+    credit(db, "0xlate", 99, start + timedelta(days=2))  # back-dated into closed week 1
+    week1 = service.board_page(season="run", week=1)[0]
+    assert week1.closed and [e.wallet_address for e in week1.items] == ["0xa"]
+    extended = service.update_season("run", SeasonUpdate(ends_at=start + timedelta(days=35)))
+    assert extended.weeks == 5
+    again = service.board_page(season="run", week=1)[0]
+    assert again.closed and [e.wallet_address for e in again.items] == ["0xa"]
+    assert not service.board_page(season="run", week=5)[0].closed
+    shortened = service.update_season("run", SeasonUpdate(ends_at=start + timedelta(days=22)))
+    assert shortened.weeks == 4
     from tally.errors import NotFound
 
     with pytest.raises(NotFound):
-        service.board_page(season="late", week=2)
+        service.board_page(season="run", week=5)
+
+
+def test_iso_week_boards_need_no_season(db: Conn) -> None:
+    credit(db, "0xiso", 5, datetime(2026, 3, 4, tzinfo=UTC))  # 2026-W10
+    credit(db, "0xiso", 7, datetime(2026, 3, 9, tzinfo=UTC))  # 2026-W11
+    page, version = service.board_page(iso_week=(2026, 10))
+    assert [(e.wallet_address, e.points) for e in page.items] == [("0xiso", 5)]
+    assert page.closed and version.startswith("closed")
+    from tally.errors import NotFound
+
+    with pytest.raises(NotFound):
+        service.board_page(iso_week=(2026, 54))
 
 
 def test_closed_period_is_frozen_and_readable(db: Conn) -> None:
@@ -299,7 +356,7 @@ def test_export_round_trips(db: Conn, fmt: str) -> None:
     for i in range(2500):
         credit(db, f"0xe{i:05d}", (i * 37) % 400, T0 + timedelta(hours=i % 300))
     board = whole_board(season="ex", limit=1000)
-    text = _read(service.export_rows("ex", None, fmt))
+    text = _read(service.export_rows("ex", None, fmt)[0])
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(text)))
         parsed = [
@@ -324,14 +381,17 @@ def test_export_to_s3_streams_and_links(db: Conn, monkeypatch: pytest.MonkeyPatc
     credit(db, "0xs3", 5, T0)
     monkeypatch.setenv("EXPORT_BUCKET", "tally-exports-test")
     reset_settings()
-    with mock_aws():
+    with mock_aws():  # moto only stands in for S3; the board comes from PostgreSQL
         import boto3
 
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="tally-exports-test")
-        url = exports.publish(
-            service.export_rows("s3", None, "csv"), "leaderboard-s3.csv", "text/csv"
-        )
+        stream, version = service.export_rows("s3", None, "csv")
+        url = exports.publish(stream, "leaderboard-s3.csv", "text/csv", version=version)
+        # The same board version again reuses the uploaded file.
+        again, same = service.export_rows("s3", None, "csv")
+        assert same == version
+        exports.publish(again, "leaderboard-s3.csv", "text/csv", version=same)
         (obj,) = s3.list_objects_v2(Bucket="tally-exports-test")["Contents"]
         got = s3.get_object(Bucket="tally-exports-test", Key=obj["Key"])
     assert obj["Key"].endswith("/leaderboard-s3.csv")
@@ -341,6 +401,44 @@ def test_export_to_s3_streams_and_links(db: Conn, monkeypatch: pytest.MonkeyPatc
 
 
 # -- jobs ------------------------------------------------------------------------------------
+
+
+def test_a_second_snapshot_run_waits_its_turn(db: Conn) -> None:
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (service.SNAPSHOT_LOCK,))
+        assert service.snapshot().ran is False
+    assert service.snapshot().ran is True
+
+
+def test_periods_close_only_after_the_grace(db: Conn) -> None:
+    make_season("fresh", datetime.now(UTC) + timedelta(days=1), 3)
+    periods = db.execute("SELECT count(*) AS n FROM leaderboard_periods").fetchone()
+    db.execute(
+        "UPDATE leaderboard_periods SET ends_at = now() - interval '1 minute', "
+        "starts_at = now() - interval '1 day'"
+    )
+    assert service.close_periods().rows == 0  # ended, but an award may still be committing
+    db.execute("UPDATE leaderboard_periods SET ends_at = now() - interval '10 minutes'")
+    assert service.close_periods().rows == periods["n"]
+
+
+def test_weekly_stats_do_not_depend_on_the_server_time_zone(db: Conn, database_url: str) -> None:
+    from tally.db.connection import close_connection
+
+    name = db.info.dbname
+    db.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'")
+    close_connection()
+    try:
+        # Weekly activity straddling the clocks moving (8 March 2026 in New York).
+        for week in range(6):
+            credit(db, "0xtz", 10, T0 - timedelta(weeks=3) + timedelta(weeks=week, hours=1))
+        stats = service.user_stats("0xtz")
+        history = [w.points for w in stats.weekly_history[:6]]
+        assert history == [10] * 6
+        assert stats.longest_streak_weeks >= 6
+    finally:
+        db.execute(f'ALTER DATABASE "{name}" RESET timezone')
+        close_connection()
 
 
 def test_snapshot_is_idempotent_and_single_flight(db: Conn) -> None:
@@ -384,8 +482,9 @@ def test_airdrop_weights_and_allocation(db: Conn) -> None:
            VALUES ('0xbig', '00000000-0000-0000-0000-000000000001', 'birds', 50, 0.5, true,
            true, 1, 1000, 1, 2, 5, 1, 1, 1, 10, '{}', 'v1', '2026-10-05')"""
     )
-    result = service.airdrop_eligibility("2026-10")
-    assert result.rows == 2
+    credit(db, "0xgone", 50, datetime(2026, 10, 7, tzinfo=UTC))
+    assert service.airdrop_eligibility("2026-10").rows == 3
+    credit(db, "0xgone", -50, datetime(2026, 10, 8, tzinfo=UTC))  # an adjustment
     again = service.airdrop_eligibility("2026-10")
     assert again.rows == 2
     rows = {

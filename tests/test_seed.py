@@ -125,6 +125,10 @@ def assert_boards_match_ledger(db: Conn) -> None:
                count(*) FILTER (WHERE source_kind = 'dataset_submission') AS submissions
         FROM points_ledger GROUP BY wallet_address
         UNION ALL
+        SELECT 'week:' || to_char(created_at AT TIME ZONE 'UTC', 'IYYY-"W"IW'), wallet_address,
+               sum(points)::bigint, count(*) FILTER (WHERE source_kind = 'dataset_submission')
+        FROM points_ledger GROUP BY 1, 2
+        UNION ALL
         SELECT p.board, l.wallet_address, sum(l.points)::bigint,
                count(*) FILTER (WHERE l.source_kind = 'dataset_submission')
         FROM leaderboard_periods p
@@ -400,13 +404,16 @@ def _outcome(db: Conn) -> dict[str, Any]:
         ).fetchall(),
         "counters": db.execute("SELECT * FROM platform_counters ORDER BY name").fetchall(),
         "flags": db.execute("SELECT count(*) AS n FROM anti_abuse_flags").fetchone(),
+        # ISO week boards follow each entry's date: historical in bulk, today in the sweep.
         "boards": db.execute(
-            "SELECT board, wallet_address, points, submissions FROM board_scores ORDER BY 1, 2"
+            "SELECT board, wallet_address, points, submissions FROM board_scores "
+            "WHERE board NOT LIKE 'week:%' ORDER BY 1, 2"
         ).fetchall(),
         "histogram": db.execute(
             "SELECT 'score' AS level, board, points AS value, users FROM board_score_counts "
-            "WHERE users <> 0 UNION ALL SELECT 'bucket', board, bucket, users "
-            "FROM board_bucket_counts WHERE users <> 0 ORDER BY 1, 2, 3"
+            "WHERE users <> 0 AND board NOT LIKE 'week:%' UNION ALL "
+            "SELECT 'bucket', board, bucket, users FROM board_bucket_counts "
+            "WHERE users <> 0 AND board NOT LIKE 'week:%' ORDER BY 1, 2, 3"
         ).fetchall(),
     }
 

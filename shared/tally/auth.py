@@ -91,12 +91,15 @@ def principal_from_authorizer(event: dict[str, Any]) -> Principal:
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
+    subject = str(claims["sub"])
+    if not subject or "\x00" in subject or len(subject) > 256:
+        raise Unauthorized("The token's subject is not usable")
     raw = claims.get("scope") or claims.get("scp") or ""
     if isinstance(raw, list):
         scopes = frozenset(str(s) for s in raw)
     else:
         scopes = frozenset(str(raw).strip("[]").replace(",", " ").split())
-    return Principal(subject=str(claims["sub"]), scopes=scopes)
+    return Principal(subject=subject, scopes=scopes)
 
 
 def authorize(principal: Principal, role: Role) -> Principal:

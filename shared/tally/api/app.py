@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tally import __version__
+from tally.db.connection import DataError
 from tally.errors import TallyError
 from tally.observability import API_CORRELATION, Handler, lambda_handler
 
@@ -55,6 +56,11 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
 
 
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("The database refused a value", extra={"error": type(exc).__name__})
+    return problem(422, "invalid_input", "Invalid input", "A value in the request cannot be stored")
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error in API")
     return problem(500, "internal_error", "Internal error", "Something went wrong on our side")
@@ -76,6 +82,7 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     app.add_exception_handler(TallyError, _tally_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
 

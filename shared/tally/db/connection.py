@@ -16,6 +16,10 @@ from tally.settings import Settings, get_settings
 
 logger = Logger(child=True)
 
+# A value PostgreSQL refused to store or compare (out of range, bad encoding): the API maps it
+# to a 422 as a safety net behind the boundary models.
+DataError = psycopg.errors.DataError
+
 _local = threading.local()
 
 
@@ -38,7 +42,8 @@ def _secret_conninfo(settings: Settings) -> dict[str, Any]:
 def connect(settings: Settings | None = None) -> psycopg.Connection[dict[str, Any]]:
     """Open a new autocommit connection; callers open transactions explicitly."""
     settings = settings or get_settings()
-    options = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    # UTC sessions: day and week boundaries never depend on the server's zone.
+    options = f"-c statement_timeout={settings.db_statement_timeout_ms} -c TimeZone=UTC"
     common: dict[str, Any] = {
         "autocommit": True,
         "row_factory": dict_row,
@@ -90,4 +95,14 @@ def transaction() -> Iterator[psycopg.Connection[dict[str, Any]]]:
     """A transaction on the environment's connection; rolled back on any exception."""
     conn = get_connection()
     with conn.transaction():
+        yield conn
+
+
+@contextmanager
+def read_snapshot() -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """A read-only transaction that sees one snapshot, so every query of a response agrees
+    (a page and the ranks around it, a user and their rank)."""
+    conn = get_connection()
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield conn

@@ -17,6 +17,10 @@ def week_board(slug: str, week: int) -> str:
     return f"season:{slug}:w{week}"
 
 
+def iso_week_board(year: int, week: int) -> str:
+    return f"week:{year:04d}-W{week:02d}"
+
+
 class Tiebreak(StrEnum):
     """How users with equal points are ordered. `none` is competition ranking (1, 2, 2, 4)."""
 

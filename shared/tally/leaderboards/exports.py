@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-import uuid
 from collections.abc import Iterator
 
 from aws_lambda_powertools import Logger
@@ -36,24 +36,46 @@ class _IterStream(io.RawIOBase):
         return size
 
 
-def publish(chunks: Iterator[bytes], filename: str, content_type: str) -> str:
+def publish(chunks: Iterator[bytes], filename: str, content_type: str, *, version: str) -> str:
+    """Upload the export once per board version and return a short-lived link to it.
+
+    The object key carries the version, so a repeat of an unchanged board reuses the file
+    instead of scanning the board again. Parts are uploaded one at a time, so memory holds
+    about one 8 MB part whatever the board's size.
+    """
     import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import ClientError
 
     settings = get_settings()
     bucket = settings.export_bucket
     assert bucket, "EXPORT_BUCKET is not set"
-    key = f"exports/{uuid.uuid4()}/{filename}"
+    digest = hashlib.sha256(version.encode()).hexdigest()[:16]
+    key = f"exports/{digest}/{filename}"
     s3 = boto3.client("s3")
-    s3.upload_fileobj(
-        io.BufferedReader(_IterStream(chunks), buffer_size=1 << 20),
-        bucket,
-        key,
-        ExtraArgs={
-            "ContentType": content_type,
-            "ContentDisposition": f'attachment; filename="{filename}"',
-        },
-    )
-    logger.info("Export published", extra={"bucket": bucket, "key": key})
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        reused = True
+    except ClientError:
+        reused = False
+    if reused:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # never started: releases nothing but the generator
+    else:
+        s3.upload_fileobj(
+            io.BufferedReader(_IterStream(chunks), buffer_size=1 << 20),
+            bucket,
+            key,
+            ExtraArgs={
+                "ContentType": content_type,
+                "ContentDisposition": f'attachment; filename="{filename}"',
+            },
+            Config=TransferConfig(
+                multipart_chunksize=8 << 20, max_concurrency=1, use_threads=False
+            ),
+        )
+    logger.info("Export published", extra={"bucket": bucket, "key": key, "reused": reused})
     url: str = s3.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=settings.export_url_ttl_s
     )

@@ -7,10 +7,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from tally.validation import text
+
 SeasonSlug = Annotated[
     str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 ]
 MAX_SEASON_DAYS = 400
+FIRST_YEAR, LAST_YEAR = 2000, 2100
+
+
+def _check_instant(value: datetime | None, field: str) -> None:
+    if value is None:
+        return
+    if value.tzinfo is None:
+        raise ValueError(f"{field} needs a time zone (UTC is fine: ...Z)")
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise ValueError(f"{field} must fall between {FIRST_YEAR} and {LAST_YEAR}")
 
 
 class SeasonIn(BaseModel):
@@ -19,15 +31,14 @@ class SeasonIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     slug: SeasonSlug
-    name: str = Field(min_length=1, max_length=200)
+    name: text(200, min_length=1)  # type: ignore[valid-type]
     starts_at: datetime
     ends_at: datetime
 
     @model_validator(mode="after")
     def _range(self) -> SeasonIn:
         for field in ("starts_at", "ends_at"):
-            if getattr(self, field).tzinfo is None:
-                raise ValueError(f"{field} needs a time zone (UTC is fine: ...Z)")
+            _check_instant(getattr(self, field), field)
         if self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         if (self.ends_at - self.starts_at).days > MAX_SEASON_DAYS:
@@ -38,11 +49,19 @@ class SeasonIn(BaseModel):
 
 
 class SeasonUpdate(BaseModel):
+    """PATCH /api/v1/leaderboard/seasons/{season}: any of name, starts_at, ends_at."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: text(200, min_length=1) | None = None  # type: ignore[valid-type]
     starts_at: datetime | None = None
     ends_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _instants(self) -> SeasonUpdate:
+        _check_instant(self.starts_at, "starts_at")
+        _check_instant(self.ends_at, "ends_at")
+        return self
 
 
 class SeasonOut(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -176,13 +176,14 @@ class LeaderboardRepository:
             """
         ).fetchall()
 
-    def season(self, slug: str) -> Row | None:
+    def season(self, slug: str, *, lock: bool = False) -> Row | None:
         return self.conn.execute(
             """
             SELECT s.*, (SELECT count(*) FROM leaderboard_periods p
                          WHERE p.season_id = s.id AND p.kind = 'week') AS weeks
             FROM seasons s WHERE s.slug = %s
-            """,
+            """
+            + (" FOR UPDATE OF s" if lock else ""),
             (slug,),
         ).fetchone()
 
@@ -254,6 +255,40 @@ class LeaderboardRepository:
         self._rebuild(boards)
         return boards
 
+    def reshape_open_periods(
+        self, season_id: int, slug: str, ends_at: datetime, weeks: list[WeekSpan]
+    ) -> None:
+        """A started season's new end: drop or add future weeks, move the open ones' ends.
+        Closed weeks and everything already counted stay as they are."""
+        self.conn.execute(
+            "UPDATE leaderboard_periods SET ends_at = %s WHERE season_id = %s AND kind = 'season'",
+            (ends_at, season_id),
+        )
+        dropped = [
+            r["board"]
+            for r in self.conn.execute(
+                "DELETE FROM leaderboard_periods WHERE season_id = %s AND kind = 'week' "
+                "AND week_number > %s AND closed_at IS NULL RETURNING board",
+                (season_id, len(weeks)),
+            ).fetchall()
+        ]
+        if dropped:
+            self._clear_boards(dropped)
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                """
+                INSERT INTO leaderboard_periods
+                    (board, kind, season_id, week_number, starts_at, ends_at)
+                VALUES (%s, 'week', %s, %s, %s, %s)
+                ON CONFLICT (board) DO UPDATE SET ends_at = EXCLUDED.ends_at
+                WHERE leaderboard_periods.closed_at IS NULL
+                """,
+                [
+                    (week_board(slug, w.number), season_id, w.number, w.starts_at, w.ends_at)
+                    for w in weeks
+                ],
+            )
+
     def _clear_boards(self, boards: list[str]) -> None:
         for table in ("board_scores", "board_score_counts", "board_bucket_counts"):
             self.conn.execute(
@@ -293,17 +328,19 @@ class LeaderboardRepository:
             (boards,),
         )
 
-    def close_due_periods(self) -> list[str]:
+    def close_due_periods(self, grace: timedelta) -> list[str]:
         rows = self.conn.execute(
             """
             UPDATE leaderboard_periods SET closed_at = now()
-            WHERE closed_at IS NULL AND ends_at <= now()
+            WHERE closed_at IS NULL AND ends_at <= now() - %s
             RETURNING board
-            """
+            """,
+            (grace,),
         ).fetchall()
         self.conn.execute(
             "UPDATE seasons SET closed_at = now(), updated_at = now() "
-            "WHERE closed_at IS NULL AND ends_at <= now()"
+            "WHERE closed_at IS NULL AND ends_at <= now() - %s",
+            (grace,),
         )
         return sorted(r["board"] for r in rows)
 
@@ -373,6 +410,8 @@ class LeaderboardRepository:
     def write_airdrop(self, period: str, period_end: datetime, weights: dict[str, float]) -> int:
         """Eligibility per REFERENCE.md: each component normalised by its maximum across
         eligible users (anyone with points by the period's end); allocation = share of scores."""
+        # A re-run replaces the period whole: nobody keeps a share they no longer qualify for.
+        self.conn.execute("DELETE FROM airdrop_eligibility WHERE period = %s", (period,))
         cursor = self.conn.execute(
             """
             WITH points AS (

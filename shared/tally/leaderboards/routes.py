@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from tally.api.caching import conditional_response
+from tally.api.caching import conditional_response, versions
 from tally.api.deps import access
 from tally.auth import Role
 from tally.leaderboards import exports, service
-from tally.leaderboards.boards import ALL_TIME, season_board, week_board
+from tally.leaderboards.boards import ALL_TIME, iso_week_board, season_board, week_board
 from tally.leaderboards.models import (
     AroundMe,
     BoardPage,
@@ -29,6 +29,8 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=800)]
 TiebreakParam = Annotated[Literal["none", "earliest", "submissions"] | None, Query()]
 Size = Annotated[int, Query(ge=1, le=50)]
+Year = Annotated[int, Path(ge=2000, le=2100)]
+IsoWeek = Annotated[int, Path(ge=1, le=53)]
 
 router = APIRouter(prefix="/api/v1/leaderboard", tags=["leaderboards"])
 
@@ -49,7 +51,9 @@ def post_season(body: SeasonIn) -> SeasonOut:
 
 @router.patch("/seasons/{season}", **access(Role.ADMIN))
 def patch_season(season: Season, body: SeasonUpdate) -> SeasonOut:
-    return service.update_season(season, body)
+    updated = service.update_season(season, body)
+    versions.clear()  # this environment answers from the new version at once
+    return updated
 
 
 @router.get("/season/{season}", response_model=BoardPage, **access(Role.PUBLIC))
@@ -136,21 +140,63 @@ def get_all_time_around(
     )
 
 
+@router.get("/iso-week/{year}/{week}", response_model=BoardPage, **access(Role.PUBLIC))
+def get_iso_week_board(
+    request: Request,
+    year: Year,
+    week: IsoWeek,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    tiebreak: TiebreakParam = None,
+) -> Response:
+    return conditional_response(
+        request,
+        iso_week_board(year, week),
+        lambda: service.board_version(iso_week=(year, week)),
+        lambda: service.board_page(
+            iso_week=(year, week), limit=_limit(limit), cursor=cursor, tiebreak=tiebreak
+        ),
+    )
+
+
+@router.get(
+    "/iso-week/{year}/{week}/around/{user_id}", response_model=AroundMe, **access(Role.PUBLIC)
+)
+def get_iso_week_around(
+    request: Request,
+    year: Year,
+    week: IsoWeek,
+    user_id: UserId,
+    size: Size = 5,
+    tiebreak: TiebreakParam = None,
+) -> Response:
+    return conditional_response(
+        request,
+        iso_week_board(year, week),
+        lambda: service.board_version(iso_week=(year, week)),
+        lambda: service.around(user_id, iso_week=(year, week), size=size, tiebreak=tiebreak),
+    )
+
+
 @router.get("/user/{user_id}/stats", **access(Role.PUBLIC))
 def get_user_stats(
-    user_id: UserId, season: Annotated[str | None, Query(max_length=63)] = None
+    user_id: UserId,
+    season: Annotated[
+        str | None, Query(max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    ] = None,
 ) -> UserStats:
     return service.user_stats(user_id, season)
 
 
 def _export(season: str, week: int | None, fmt: str, tiebreak: str | None) -> Response:
-    stream = service.export_rows(season, week, fmt, tiebreak)
+    stream, version = service.export_rows(season, week, fmt, tiebreak)
     filename = service.export_filename(season, week, fmt)
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
-    bucket = get_settings().export_bucket
-    if bucket:
-        # Lambda responses are buffered and capped at 6 MB: large files go through S3.
-        return RedirectResponse(exports.publish(stream, filename, media), status_code=303)
+    if get_settings().export_bucket:
+        # Lambda responses are buffered and capped at 6 MB: large files go through S3, once
+        # per board version.
+        url = exports.publish(stream, filename, media, version=version)
+        return RedirectResponse(url, status_code=303)
     return StreamingResponse(
         stream,
         media_type=media,

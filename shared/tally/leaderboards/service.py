@@ -8,16 +8,19 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from pydantic import ValidationError
 
-from tally.db.connection import connect, transaction
+from tally.db.connection import connect, read_snapshot, transaction
 from tally.errors import Conflict, InvalidInput, NotFound
 from tally.leaderboards.boards import (
     ALL_TIME,
     Tiebreak,
+    iso_week_board,
     season_board,
     season_weeks,
     week_board,
@@ -42,6 +45,9 @@ logger = Logger(child=True)
 SNAPSHOT_LOCK = 7_402_115_101
 AIRDROP_LOCK = 7_402_115_102
 CLOSE_LOCK = 7_402_115_103
+# A period closes this long after its end: an award whose transaction began just before the end
+# (its ledger entry is dated then) has committed by now.
+CLOSE_GRACE = timedelta(minutes=5)
 AIRDROP_WEIGHTS = {
     "points": 0.50,
     "diversity": 0.20,
@@ -54,29 +60,62 @@ AIRDROP_WEIGHTS = {
 # -- boards ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class Board:
-    """A resolved board: its key and, for seasons and weeks, its period."""
+    """A resolved board: its key, its period if it has one, and what its version depends on."""
 
-    def __init__(self, key: str, period: Row | None = None, season: str | None = None) -> None:
-        self.key = key
-        self.period = period
-        self.season = season
+    key: str
+    season: str | None = None
+    week: int | None = None
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    closed_at: datetime | None = None
+    edited_at: datetime | None = None  # the season's last edit: its boards may have changed
 
     @property
     def closed(self) -> bool:
-        return bool(self.period and self.period["closed_at"])
+        return self.closed_at is not None
 
 
-def resolve_board(repo: LeaderboardRepository, season: str | None, week: int | None) -> Board:
+def resolve_board(
+    repo: LeaderboardRepository,
+    season: str | None = None,
+    week: int | None = None,
+    iso_week: tuple[int, int] | None = None,
+) -> Board:
+    if iso_week is not None:
+        year, number = iso_week
+        try:
+            starts = datetime.fromisocalendar(year, number, 1).replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise NotFound(f"{year} has no ISO week {number}") from exc
+        ends = starts + timedelta(days=7)
+        closed = ends if datetime.now(UTC) >= ends + CLOSE_GRACE else None
+        return Board(
+            iso_week_board(year, number),
+            week=number,
+            starts_at=starts,
+            ends_at=ends,
+            closed_at=closed,
+        )
     if season is None:
         return Board(ALL_TIME)
+    season_row = repo.season(season)
+    if season_row is None:
+        raise NotFound(f"No season {season}")
     key = season_board(season) if week is None else week_board(season, week)
     period = repo.period(key)
     if period is None:
-        if repo.season(season) is None:
-            raise NotFound(f"No season {season}")
         raise NotFound(f"Season {season} has no week {week}")
-    return Board(key, period, season)
+    return Board(
+        key,
+        season,
+        week,
+        period["starts_at"],
+        period["ends_at"],
+        period["closed_at"],
+        season_row["updated_at"],
+    )
 
 
 def _tiebreak(value: str | None) -> Tiebreak:
@@ -101,6 +140,8 @@ def decode_cursor(cursor: str, tiebreak: Tiebreak) -> tuple[int, Any, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         mode, points, key, wallet = json.loads(raw)
         if mode != tiebreak.value or not isinstance(points, int) or not isinstance(wallet, str):
+            raise ValueError
+        if "\x00" in wallet or len(wallet) > 128 or not -(2**62) < points < 2**62:
             raise ValueError
         if tiebreak is Tiebreak.EARLIEST:
             key = datetime.fromisoformat(key)
@@ -164,23 +205,27 @@ def rank_window(
 
 
 def _version(repo: LeaderboardRepository, board: Board) -> str:
-    if board.closed:
-        assert board.period is not None
-        return f"closed-{board.period['closed_at'].timestamp()}"
-    return f"v{repo.version()}"
+    """Closed boards never change again; open ones change with the ledger and season edits."""
+    if board.closed_at is not None:
+        return f"closed-{board.closed_at.timestamp()}"
+    edited = board.edited_at.timestamp() if board.edited_at else 0
+    return f"v{repo.version()}-{edited}"
 
 
-def board_version(season: str | None = None, week: int | None = None) -> str:
+def board_version(
+    season: str | None = None, week: int | None = None, iso_week: tuple[int, int] | None = None
+) -> str:
     """What a cached copy of the board must match to still be current."""
-    with transaction() as conn:
+    with read_snapshot() as conn:
         repo = LeaderboardRepository(conn)
-        return _version(repo, resolve_board(repo, season, week))
+        return _version(repo, resolve_board(repo, season, week, iso_week))
 
 
 def board_page(
     *,
     season: str | None = None,
     week: int | None = None,
+    iso_week: tuple[int, int] | None = None,
     limit: int = 50,
     cursor: str | None = None,
     tiebreak: str | None = None,
@@ -188,21 +233,20 @@ def board_page(
     """A page of a board, and the board version it was read at."""
     mode = _tiebreak(tiebreak)
     after = decode_cursor(cursor, mode) if cursor else None
-    with transaction() as conn:
+    with read_snapshot() as conn:
         repo = LeaderboardRepository(conn)
-        board = resolve_board(repo, season, week)
+        board = resolve_board(repo, season, week, iso_week)
         rows = repo.page(board.key, mode, limit=limit + 1, after=after)
         more = len(rows) > limit
         rows = rows[:limit]
         items = rank_window(repo, board.key, mode, rows, more_after=more)
         version = _version(repo, board)
-    period = board.period or {}
     page = BoardPage(
         board=board.key,
-        season=season,
-        week=week,
-        starts_at=period.get("starts_at"),
-        ends_at=period.get("ends_at"),
+        season=board.season,
+        week=board.week,
+        starts_at=board.starts_at,
+        ends_at=board.ends_at,
         closed=board.closed,
         tiebreak=mode.value,
         items=items,
@@ -216,14 +260,15 @@ def around(
     *,
     season: str | None = None,
     week: int | None = None,
+    iso_week: tuple[int, int] | None = None,
     size: int = 5,
     tiebreak: str | None = None,
 ) -> tuple[AroundMe, str]:
     """The user and up to `size` users just above and just below, ranked like the board."""
     mode = _tiebreak(tiebreak)
-    with transaction() as conn:
+    with read_snapshot() as conn:
         repo = LeaderboardRepository(conn)
-        board = resolve_board(repo, season, week)
+        board = resolve_board(repo, season, week, iso_week)
         me = repo.entry(board.key, wallet)
         if me is None:
             raise NotFound(f"{wallet} is not on board {board.key}")
@@ -244,14 +289,24 @@ def around(
     return result, version
 
 
-def rank_of(wallet: str, board: str = ALL_TIME) -> tuple[int, bool] | None:
-    """The exact, live competition rank of a user on a board (None when not on it)."""
-    with transaction() as conn:
-        repo = LeaderboardRepository(conn)
-        me = repo.entry(board, wallet)
-        if me is None:
-            return None
-        rank, ties = repo.rank_and_ties(board, Tiebreak.NONE, me["points"], None)
+def rank_of(
+    wallet: str, board: str = ALL_TIME, tiebreak: str | None = None
+) -> tuple[int, bool] | None:
+    """The exact, live rank of a user on a board (None when not on it)."""
+    with read_snapshot() as conn:
+        return rank_on(LeaderboardRepository(conn), board, wallet, tiebreak)
+
+
+def rank_on(
+    repo: LeaderboardRepository, board: str, wallet: str, tiebreak: str | None = None
+) -> tuple[int, bool] | None:
+    """The exact, live rank of a user on a board under the configured ordering (None when the
+    user is not on it), inside the caller's transaction."""
+    mode = _tiebreak(tiebreak)
+    me = repo.entry(board, wallet)
+    if me is None:
+        return None
+    rank, ties = repo.rank_and_ties(board, mode, me["points"], _key_value(me, mode))
     return rank, ties > 1
 
 
@@ -301,47 +356,73 @@ def create_season(body: SeasonIn) -> SeasonOut:
 
 
 def update_season(slug: str, body: SeasonUpdate) -> SeasonOut:
+    """Rename a season, or move its dates while nothing of it is history yet.
+
+    Before a season starts its dates may change freely. Once it has started its start is
+    fixed and its end may only move to a time still ahead, so no entry already counted changes
+    board and closed weeks stay exactly as they were frozen.
+    """
+    now = datetime.now(UTC)
     with transaction() as conn:
         repo = LeaderboardRepository(conn)
-        repo.lock_ledger_for_rebuild()
-        row = repo.season(slug)
+        row = repo.season(slug, lock=True)
         if row is None:
             raise NotFound(f"No season {slug}")
         if row["closed_at"] is not None:
             raise Conflict(f"Season {slug} is closed; its boards are frozen")
-        merged = SeasonIn(
-            slug=slug,
-            name=body.name or row["name"],
-            starts_at=body.starts_at or row["starts_at"],
-            ends_at=body.ends_at or row["ends_at"],
-        )
+        try:
+            merged = SeasonIn(
+                slug=slug,
+                name=body.name or row["name"],
+                starts_at=body.starts_at or row["starts_at"],
+                ends_at=body.ends_at or row["ends_at"],
+            )
+        except ValidationError as exc:
+            raise InvalidInput(_first_error(exc)) from None
+        moved = (merged.starts_at, merged.ends_at) != (row["starts_at"], row["ends_at"])
+        started = row["starts_at"] <= now
+        if moved and started:
+            if merged.starts_at != row["starts_at"]:
+                raise Conflict(f"Season {slug} has started; its start can no longer move")
+            if merged.ends_at <= now:
+                raise Conflict("A started season can only end at a time still ahead")
         repo.update_season(row["id"], merged.name, merged.starts_at, merged.ends_at)
-        repo.replace_periods(
-            row["id"],
-            slug,
-            merged.starts_at,
-            merged.ends_at,
-            season_weeks(merged.starts_at, merged.ends_at),
-        )
+        if moved and not started:
+            repo.lock_ledger_for_rebuild()
+            repo.replace_periods(
+                row["id"],
+                slug,
+                merged.starts_at,
+                merged.ends_at,
+                season_weeks(merged.starts_at, merged.ends_at),
+            )
+        elif moved:
+            repo.reshape_open_periods(
+                row["id"], slug, merged.ends_at, season_weeks(merged.starts_at, merged.ends_at)
+            )
         updated = repo.season(slug)
     assert updated is not None
+    logger.info("Season updated", extra={"season": slug, "moved": moved})
     return _season_out(updated)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return str(error.get("msg", "invalid season")).removeprefix("Value error, ")
 
 
 # -- user stats ----------------------------------------------------------------------------------
 
 
 def user_stats(wallet: str, season: str | None = None) -> UserStats:
-    with transaction() as conn:
+    with read_snapshot() as conn:
         repo = LeaderboardRepository(conn)
         board = resolve_board(repo, season, None)
         tier = repo.tier_of(wallet)
         me = repo.entry(board.key, wallet)
         if tier is None and me is None:
             raise NotFound(f"No user {wallet}")
-        rank, ties = (
-            repo.rank_and_ties(board.key, Tiebreak.NONE, me["points"], None) if me else (None, 0)
-        )
+        rank, tied = rank_on(repo, board.key, wallet) or (None, False)
         if season is not None:
             season_row = repo.season(season)
             assert season_row is not None
@@ -360,7 +441,7 @@ def user_stats(wallet: str, season: str | None = None) -> UserStats:
         season=season,
         total_points=me["points"] if me else 0,
         rank=rank,
-        is_tied=ties > 1,
+        is_tied=tied,
         tier=tier or "Contributor",
         best_week=max(played, key=lambda w: w.points, default=None),
         worst_week=min(played, key=lambda w: w.points, default=None),
@@ -416,12 +497,15 @@ def export_filename(season: str, week: int | None, fmt: str) -> str:
 
 def export_rows(
     season: str, week: int | None, fmt: str, tiebreak: str | None = None
-) -> Iterator[bytes]:
-    """The whole board as CSV or JSON, streamed in chunks from a server-side cursor."""
+) -> tuple[Iterator[bytes], str]:
+    """The whole board as CSV or JSON, streamed in chunks from a server-side cursor, and the
+    board version (exports of an unchanged board can be reused)."""
     mode = _tiebreak(tiebreak)
-    with transaction() as conn:
-        board = resolve_board(LeaderboardRepository(conn), season, week)
-    return _export_stream(board.key, mode, fmt)
+    with read_snapshot() as conn:
+        repo = LeaderboardRepository(conn)
+        board = resolve_board(repo, season, week)
+        version = _version(repo, board)
+    return _export_stream(board.key, mode, fmt), f"{version}-{mode.value}"
 
 
 def _export_stream(board: str, mode: Tiebreak, fmt: str) -> Iterator[bytes]:
@@ -480,7 +564,7 @@ def close_periods() -> JobResult:
         repo = LeaderboardRepository(conn)
         if not repo.try_job_lock(CLOSE_LOCK):
             return JobResult(ran=False)
-        closed = repo.close_due_periods()
+        closed = repo.close_due_periods(CLOSE_GRACE)
     if closed:
         logger.info("Closed leaderboard periods", extra={"boards": closed})
     metrics.add_metric(name="LeaderboardPeriodsClosed", unit="Count", value=len(closed))

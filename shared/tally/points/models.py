@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from tally.validation import check_json_value, text
 
 WalletAddress = Annotated[
     str,
@@ -16,25 +18,37 @@ WalletAddress = Annotated[
 ]
 
 
-class VerificationMetadata(BaseModel):
+class _FreeFormExtras(BaseModel):
+    """Verifier payloads may carry fields of their own: kept, but bounded and storable."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check_extras(self) -> _FreeFormExtras:
+        extras = self.model_extra or {}
+        if len(extras) > 50:
+            raise ValueError("at most 50 extra fields")
+        for key, value in extras.items():
+            check_json_value(key, where="field name")
+            check_json_value(value, where=key)
+        return self
+
+
+class VerificationMetadata(_FreeFormExtras):
     """The guide's submission metadata (walletAddress, title, sampleCount)."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
     wallet_address: WalletAddress | None = Field(None, alias="walletAddress")
-    title: str = Field("", max_length=300)
+    title: text(300) = ""  # type: ignore[valid-type]
     sample_count: int = Field(0, alias="sampleCount", ge=0, le=10_000_000)
 
 
-class VerificationResults(BaseModel):
+class VerificationResults(_FreeFormExtras):
     """The verifier's analysis. rarityScore may be missing when the AI analysis failed."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     approved: bool
     rarity_score: float | None = Field(None, alias="rarityScore", ge=0, le=100)
     quality_score: float | None = Field(None, alias="qualityScore", ge=0, le=1)
-    subject: str | None = Field(None, max_length=200)
+    subject: text(200) | None = None  # type: ignore[valid-type]
     specificity_grade: Literal["A", "B", "C", "D", "F"] | None = Field(
         None, alias="specificityGrade"
     )
@@ -78,7 +92,7 @@ class FlagReview(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["clear", "reject"]
-    note: str | None = Field(None, max_length=1000)
+    note: text(1000) | None = None  # type: ignore[valid-type]
 
 
 class LeaderboardEntry(BaseModel):

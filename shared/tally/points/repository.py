@@ -56,6 +56,50 @@ class PointsRepository:
             ),
         ).fetchone()
 
+    def has_same_content(
+        self, session_id: UUID, initial_data: dict[str, Any], results: dict[str, Any] | None
+    ) -> bool:
+        """jsonb equality, so numbers compare as numbers (1e300 == 1000...0)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM verification_sessions WHERE id = %s AND initial_data = %s "
+            "AND results IS NOT DISTINCT FROM %s",
+            (session_id, Jsonb(initial_data), Jsonb(results) if results is not None else None),
+        ).fetchone()
+        return row is not None
+
+    def replace_unsettled_session(
+        self,
+        session_id: UUID,
+        *,
+        status: str,
+        wallet_address: str | None,
+        initial_data: dict[str, Any],
+        results: dict[str, Any] | None,
+        points_status: str | None,
+        completed_at: datetime | None,
+    ) -> Row | None:
+        """New results for a session that earned nothing yet (waiting, failed or skipped)."""
+        return self.conn.execute(
+            """
+            UPDATE verification_sessions
+            SET status = %s, wallet_address = %s, initial_data = %s, results = %s,
+                points_status = %s, points_attempts = 0, points_error = NULL,
+                points_next_attempt_at = NULL, points_awarded = NULL, points_breakdown = NULL,
+                completed_at = COALESCE(%s, now()), updated_at = now()
+            WHERE id = %s AND (points_status IS NULL OR points_status IN ('failed', 'skipped'))
+            RETURNING *
+            """,
+            (
+                status,
+                wallet_address,
+                Jsonb(initial_data),
+                Jsonb(results) if results is not None else None,
+                points_status,
+                completed_at,
+                session_id,
+            ),
+        ).fetchone()
+
     def claim_next_award(self) -> Row | None:
         """Lock the next session waiting for points; concurrent sweeps skip each other's."""
         return self.conn.execute(
@@ -91,24 +135,33 @@ class PointsRepository:
         )
 
     def mark_session_failed(
-        self, session_id: UUID, *, error: str, base_delay_s: int, max_delay_s: int
-    ) -> int:
-        """Record a failed attempt with exponential back-off; returns the attempt count."""
+        self,
+        session_id: UUID,
+        *,
+        error: str,
+        base_delay_s: int,
+        max_delay_s: int,
+        max_attempts: int,
+    ) -> tuple[int, bool]:
+        """Record a failed attempt with exponential back-off: (attempts, given up). After
+        max_attempts no retry is scheduled; new results from the verifier requeue it."""
         row = self.conn.execute(
             """
             UPDATE verification_sessions
             SET points_status = 'failed',
                 points_attempts = points_attempts + 1,
                 points_error = left(%s, 1000),
-                points_next_attempt_at = now() + make_interval(
-                    secs => least(%s::float8 * power(2, points_attempts), %s::float8)),
+                points_next_attempt_at = CASE WHEN points_attempts + 1 >= %s THEN NULL
+                    ELSE now() + make_interval(
+                        secs => least(%s::float8 * power(2, points_attempts), %s::float8))
+                    END,
                 updated_at = now()
             WHERE id = %s AND points_status IS DISTINCT FROM 'awarded'
-            RETURNING points_attempts
+            RETURNING points_attempts, points_next_attempt_at IS NULL AS gave_up
             """,
-            (error, base_delay_s, max_delay_s, session_id),
+            (error, max_attempts, base_delay_s, max_delay_s, session_id),
         ).fetchone()
-        return int(row["points_attempts"]) if row else 0
+        return (int(row["points_attempts"]), bool(row["gave_up"])) if row else (0, False)
 
     def mark_session_awarded(
         self, session_id: UUID, *, points: int, breakdown: dict[str, Any]

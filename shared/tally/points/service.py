@@ -9,10 +9,11 @@ from uuid import UUID
 
 from aws_lambda_powertools import Logger
 
-from tally.db.connection import transaction
+from tally.db.connection import read_snapshot, transaction
 from tally.errors import Conflict, NotFound
-from tally.leaderboards.boards import Tiebreak
-from tally.leaderboards.service import board_page, rank_of
+from tally.leaderboards.boards import ALL_TIME, Tiebreak
+from tally.leaderboards.repository import LeaderboardRepository
+from tally.leaderboards.service import board_page, rank_on
 from tally.observability import metrics
 from tally.points import calculator
 from tally.points.achievements import ACHIEVEMENTS_BY_KEY, unlocked_achievements
@@ -65,14 +66,28 @@ def record_verification(body: VerificationIn) -> tuple[VerificationOut, bool]:
         )
         if row is not None:
             return _session_out(row), True
-        existing = repo.get_session(body.session_id)
-    assert existing is not None
-    if existing["initial_data"] != initial_data or existing["results"] != results:
+        if repo.has_same_content(body.session_id, initial_data, results):
+            existing = repo.get_session(body.session_id)
+            assert existing is not None
+            return _session_out(existing), False
+        # The verifier re-ran its analysis: take the new results while nothing was paid.
+        replaced = repo.replace_unsettled_session(
+            body.session_id,
+            status=body.status,
+            wallet_address=body.metadata.wallet_address,
+            initial_data=initial_data,
+            results=results,
+            points_status=points_status,
+            completed_at=body.completed_at,
+        )
+    if replaced is None:
         raise Conflict(
-            f"Verification session {body.session_id} was already recorded with other content",
+            f"Verification session {body.session_id} was already recorded with other content "
+            "and its points are settled",
             session_id=str(body.session_id),
         )
-    return _session_out(existing), False
+    logger.info("Verification results replaced", extra={"session_id": str(body.session_id)})
+    return _session_out(replaced), False
 
 
 def get_verification(session_id: UUID) -> VerificationOut:
@@ -151,11 +166,18 @@ def _award_next(settings: Settings, result: AwardRunResult) -> bool:
             "Points calculation failed - flagging for retry", extra={"session_id": str(session_id)}
         )
         with transaction() as conn:
-            PointsRepository(conn).mark_session_failed(
+            attempts, gave_up = PointsRepository(conn).mark_session_failed(
                 session_id,
                 error=f"{type(exc).__name__}: {exc}",
                 base_delay_s=settings.award_retry_base_s,
                 max_delay_s=settings.award_retry_max_s,
+                max_attempts=settings.award_max_attempts,
+            )
+        if gave_up:
+            metrics.add_metric(name="AwardsAbandoned", unit="Count", value=1)
+            logger.error(
+                "Giving up on award until the verifier sends new results",
+                extra={"session_id": str(session_id), "attempts": attempts},
             )
         return True
     if outcome is None:
@@ -388,13 +410,14 @@ def leaderboard(limit: int, cursor: str | None) -> tuple[LeaderboardPage, str]:
 
 
 def user_profile(wallet: str, recent: int = 10) -> UserProfile:
-    with transaction() as conn:
+    """A user's totals and rank, read in one snapshot so they always agree."""
+    with read_snapshot() as conn:
         repo = PointsRepository(conn)
         user = repo.get_user(wallet)
         if user is None:
             raise NotFound(f"No user with wallet {wallet}")
         submissions = repo.recent_submissions(wallet, recent)
-    rank, tied = rank_of(wallet) or (0, False)
+        rank, tied = rank_on(LeaderboardRepository(conn), ALL_TIME, wallet) or (0, False)
     return UserProfile(
         wallet_address=user["wallet_address"],
         total_points=user["total_points"],

@@ -138,10 +138,6 @@ LANGUAGE sql STABLE AS $$
                       AND points < (((p_points >> 10) + 1) << 10)), 0)
 $$;
 
--- The all-time board now lives in board_scores; the guide's own users(total_points DESC) index
--- stays for its queries, the keyset index of the first leaderboard is no longer read.
-DROP INDEX idx_users_points_wallet;
-
 -- The guide's seasonal leaderboards also want a daily snapshot and a per-day lookup by date.
 CREATE INDEX idx_leaderboard_snapshot_rank ON leaderboard_snapshot (snapshot_date, rank);
 CREATE INDEX idx_airdrop_eligibility_period ON airdrop_eligibility (period, allocation_percentage DESC);
