@@ -94,7 +94,7 @@ def test_scheduler_fires_the_real_handler_with_the_schedule_input(
     template = template_mod.load()
     scheduler = Scheduler(template)
     ((logical_id, schedule),) = [j for j in scheduler.jobs if j[0] == "AwardPointsFunction"]
-    assert schedule.input == {"batch_size": 500}
+    assert schedule.input == {"batch_size": 20000}
     scheduler.fire(logical_id, schedule)
     scheduler.shutdown()
     assert db.execute("SELECT count(*) AS n FROM points_ledger").fetchone() == {"n": 1}

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     jwt_issuer: str = Field("tally-local", validation_alias="TALLY_JWT_ISSUER")
     jwt_audience: str = Field("tally", validation_alias="TALLY_JWT_AUDIENCE")
 
-    award_batch_size: int = Field(500, validation_alias="AWARD_BATCH_SIZE", ge=1, le=10_000)
+    award_batch_size: int = Field(5000, validation_alias="AWARD_BATCH_SIZE", ge=1, le=100_000)
     award_retry_base_s: int = Field(60, validation_alias="AWARD_RETRY_BASE_SECONDS", ge=1)
     award_max_attempts: int = Field(8, validation_alias="AWARD_MAX_ATTEMPTS", ge=1, le=100)
     award_retry_max_s: int = Field(3600, validation_alias="AWARD_RETRY_MAX_SECONDS", ge=1)

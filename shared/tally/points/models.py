@@ -166,4 +166,4 @@ class AwardPointsInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int | None = Field(None, ge=1, le=10_000)
+    batch_size: int | None = Field(None, ge=1, le=100_000)
