@@ -86,10 +86,16 @@ def cmd_dev(args: argparse.Namespace, root: Path) -> int:
             print(f"  route     {route.method:6} {route.path}  -> {fn.logical_id}", flush=True)
     print(f"Serving http://{args.host}:{args.port}  (docs at /docs; Ctrl-C stops)", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)
+        # No lifespan: the app keeps its connections at module scope, as in Lambda.
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="info", access_log=True, lifespan="off"
+        )
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how `tally dev` is stopped
     finally:
         print("Stopping schedules...", flush=True)
         scheduler.shutdown()
+    print("Stopped.", flush=True)
     return 0
 
 

@@ -54,7 +54,7 @@ class Scheduler:
             first = next_fire(sched.expression, sched.timezone, self.started, self.started)
             print(
                 f"  schedule  {logical_id}/{sched.name}: {sched.expression} "
-                f"({sched.timezone}), next {first:%H:%M:%S} UTC",
+                f"({sched.timezone}), next {first:%Y-%m-%d %H:%M:%S} UTC",
                 flush=True,
             )
         self.thread.start()

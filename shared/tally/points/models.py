@@ -107,7 +107,6 @@ class LeaderboardEntry(BaseModel):
 class LeaderboardPage(BaseModel):
     items: list[LeaderboardEntry]
     next_cursor: str | None
-    total_users: int | None = None
 
 
 class SubmissionOut(BaseModel):
