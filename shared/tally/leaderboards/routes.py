@@ -39,6 +39,61 @@ def _limit(limit: int) -> int:
     return min(limit, get_settings().leaderboard_page_max)
 
 
+def _board_key(season: str | None, week: int | None, iso_week: tuple[int, int] | None) -> str:
+    if iso_week is not None:
+        return iso_week_board(*iso_week)
+    if season is None:
+        return ALL_TIME
+    return season_board(season) if week is None else week_board(season, week)
+
+
+def _page(
+    request: Request,
+    limit: int,
+    cursor: str | None,
+    tiebreak: str | None,
+    *,
+    season: str | None = None,
+    week: int | None = None,
+    iso_week: tuple[int, int] | None = None,
+) -> Response:
+    """A cached page of whichever board the path names."""
+    return conditional_response(
+        request,
+        _board_key(season, week, iso_week),
+        lambda: service.board_version(season, week, iso_week),
+        lambda: service.board_page(
+            season=season,
+            week=week,
+            iso_week=iso_week,
+            limit=_limit(limit),
+            cursor=cursor,
+            tiebreak=tiebreak,
+        ),
+    )
+
+
+def _around(
+    request: Request,
+    user_id: str,
+    size: int,
+    tiebreak: str | None,
+    *,
+    season: str | None = None,
+    week: int | None = None,
+    iso_week: tuple[int, int] | None = None,
+) -> Response:
+    """A cached around-me window of whichever board the path names."""
+    return conditional_response(
+        request,
+        _board_key(season, week, iso_week),
+        lambda: service.board_version(season, week, iso_week),
+        lambda: service.around(
+            user_id, season=season, week=week, iso_week=iso_week, size=size, tiebreak=tiebreak
+        ),
+    )
+
+
 @router.get("/seasons", **access(Role.PUBLIC))
 def get_seasons() -> list[SeasonOut]:
     return service.list_seasons()
@@ -64,14 +119,7 @@ def get_season_board(
     cursor: Cursor = None,
     tiebreak: TiebreakParam = None,
 ) -> Response:
-    return conditional_response(
-        request,
-        season_board(season),
-        lambda: service.board_version(season),
-        lambda: service.board_page(
-            season=season, limit=_limit(limit), cursor=cursor, tiebreak=tiebreak
-        ),
-    )
+    return _page(request, limit, cursor, tiebreak, season=season)
 
 
 @router.get("/season/{season}/around/{user_id}", response_model=AroundMe, **access(Role.PUBLIC))
@@ -82,12 +130,7 @@ def get_season_around(
     size: Size = 5,
     tiebreak: TiebreakParam = None,
 ) -> Response:
-    return conditional_response(
-        request,
-        season_board(season),
-        lambda: service.board_version(season),
-        lambda: service.around(user_id, season=season, size=size, tiebreak=tiebreak),
-    )
+    return _around(request, user_id, size, tiebreak, season=season)
 
 
 @router.get("/week/{season}/{week}", response_model=BoardPage, **access(Role.PUBLIC))
@@ -99,14 +142,7 @@ def get_week_board(
     cursor: Cursor = None,
     tiebreak: TiebreakParam = None,
 ) -> Response:
-    return conditional_response(
-        request,
-        week_board(season, week),
-        lambda: service.board_version(season, week),
-        lambda: service.board_page(
-            season=season, week=week, limit=_limit(limit), cursor=cursor, tiebreak=tiebreak
-        ),
-    )
+    return _page(request, limit, cursor, tiebreak, season=season, week=week)
 
 
 @router.get(
@@ -120,24 +156,14 @@ def get_week_around(
     size: Size = 5,
     tiebreak: TiebreakParam = None,
 ) -> Response:
-    return conditional_response(
-        request,
-        week_board(season, week),
-        lambda: service.board_version(season, week),
-        lambda: service.around(user_id, season=season, week=week, size=size, tiebreak=tiebreak),
-    )
+    return _around(request, user_id, size, tiebreak, season=season, week=week)
 
 
 @router.get("/all/around/{user_id}", response_model=AroundMe, **access(Role.PUBLIC))
 def get_all_time_around(
     request: Request, user_id: UserId, size: Size = 5, tiebreak: TiebreakParam = None
 ) -> Response:
-    return conditional_response(
-        request,
-        ALL_TIME,
-        lambda: service.board_version(),
-        lambda: service.around(user_id, size=size, tiebreak=tiebreak),
-    )
+    return _around(request, user_id, size, tiebreak)
 
 
 @router.get("/iso-week/{year}/{week}", response_model=BoardPage, **access(Role.PUBLIC))
@@ -149,14 +175,7 @@ def get_iso_week_board(
     cursor: Cursor = None,
     tiebreak: TiebreakParam = None,
 ) -> Response:
-    return conditional_response(
-        request,
-        iso_week_board(year, week),
-        lambda: service.board_version(iso_week=(year, week)),
-        lambda: service.board_page(
-            iso_week=(year, week), limit=_limit(limit), cursor=cursor, tiebreak=tiebreak
-        ),
-    )
+    return _page(request, limit, cursor, tiebreak, iso_week=(year, week))
 
 
 @router.get(
@@ -170,12 +189,7 @@ def get_iso_week_around(
     size: Size = 5,
     tiebreak: TiebreakParam = None,
 ) -> Response:
-    return conditional_response(
-        request,
-        iso_week_board(year, week),
-        lambda: service.board_version(iso_week=(year, week)),
-        lambda: service.around(user_id, iso_week=(year, week), size=size, tiebreak=tiebreak),
-    )
+    return _around(request, user_id, size, tiebreak, iso_week=(year, week))
 
 
 @router.get("/user/{user_id}/stats", **access(Role.PUBLIC))
