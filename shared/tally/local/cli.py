@@ -129,6 +129,16 @@ def cmd_seed(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def cmd_recompute(args: argparse.Namespace, root: Path) -> int:
+    from tally.points.recompute import recompute
+
+    prepare_environment(root)
+    _migrate()
+    report = recompute(apply=args.apply)
+    print(report.model_dump_json(indent=2))
+    return 0
+
+
 def cmd_token(args: argparse.Namespace, root: Path) -> int:
     from tally.auth import Role, issue_token
 
@@ -181,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed.add_argument("--random-seed", type=int, default=42)
     seed.set_defaults(run=cmd_seed)
+
+    rec = sub.add_parser("recompute", help="replay awards under today's rules (dry run)")
+    rec.add_argument("--apply", action="store_true", help="write the adjustments")
+    rec.set_defaults(run=cmd_recompute)
 
     tok = sub.add_parser("token", help="print a locally signed bearer token")
     tok.add_argument("--sub", default="dev-user")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -465,3 +466,138 @@ class PointsRepository:
             """,
             (wallet_address,),
         ).fetchall()
+
+
+class RecomputeRepository:
+    """SQL of a rule-version recompute: read every award's inputs, write adjustments."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def try_lock(self, key: int) -> bool:
+        row = self.conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (key,)).fetchone()
+        return bool(row and row["ok"])
+
+    def changes_already_under(self, rule_version: str) -> bool:
+        """Would a staged change contradict what this same rule version already paid? Then
+        the rules changed without a new version."""
+        row = self.conn.execute(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM recompute_changes c JOIN points_ledger l
+                  ON (l.source_kind = 'dataset_submission' AND l.source_id = c.session_id::text)
+                  OR (l.source_kind = 'rule_adjustment'
+                      AND l.metadata->>'session_id' = c.session_id::text)
+                WHERE l.rule_version = %s
+            ) AS clash
+            """,
+            (rule_version,),
+        ).fetchone()
+        return bool(row and row["clash"])
+
+    def hold_awards(self) -> None:
+        """The award sweep takes this row first: holding it keeps awards out until commit."""
+        self.conn.execute("SELECT value FROM platform_counters WHERE name = 'datasets' FOR UPDATE")
+
+    def award_inputs(self) -> Iterator[Row]:
+        """Every award's inputs as it was computed, and what it is worth in the ledger now."""
+        with self.conn.cursor(name="recompute_inputs") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(
+                """
+                SELECT s.session_id, s.wallet_address, s.rarity_score::float8 AS rarity_score,
+                       s.quality_score::float8 AS quality_score, s.specificity_grade, s.verified,
+                       s.is_first_bulk, s.dataset_number,
+                       CASE WHEN s.subject IS NULL THEN 0 ELSE
+                           count(*) OVER (PARTITION BY s.subject ORDER BY s.dataset_number
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                       END AS subject_before,
+                       s.points_earned + COALESCE(a.points, 0) AS current_points
+                FROM user_submissions s
+                LEFT JOIN (
+                    SELECT metadata->>'session_id' AS session_id, sum(points)::bigint AS points
+                    FROM points_ledger WHERE source_kind = 'rule_adjustment' GROUP BY 1
+                ) a ON a.session_id = s.session_id::text
+                ORDER BY s.dataset_number
+                """
+            )
+            yield from cursor
+
+    def stage_changes(self, changes: list[tuple[UUID, str, int, int]]) -> None:
+        """(session, wallet, current, new) into a transaction-local table."""
+        if not changes:
+            self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS recompute_changes (session_id uuid PRIMARY KEY, "
+                "wallet_address text NOT NULL, current_points bigint NOT NULL, "
+                "new_points bigint NOT NULL) ON COMMIT DROP"
+            )
+            return
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS recompute_changes (session_id uuid PRIMARY KEY, "
+            "wallet_address text NOT NULL, current_points bigint NOT NULL, "
+            "new_points bigint NOT NULL) ON COMMIT DROP"
+        )
+        with (
+            self.conn.cursor() as cursor,
+            cursor.copy(
+                "COPY recompute_changes (session_id, wallet_address, current_points, new_points) "
+                "FROM STDIN"
+            ) as copy,
+        ):
+            for change in changes:
+                copy.write_row(change)
+
+    def summarize_changes(self, sample: int) -> tuple[Row, list[Row]]:
+        totals = self.conn.execute(
+            """
+            SELECT count(*) AS sessions, COALESCE(sum(new_points - current_points), 0)::bigint
+                       AS delta, count(DISTINCT wallet_address) AS wallets
+            FROM recompute_changes
+            """
+        ).fetchone()
+        assert totals is not None
+        biggest = self.conn.execute(
+            """
+            SELECT wallet_address, sum(new_points - current_points)::bigint AS delta
+            FROM recompute_changes GROUP BY wallet_address
+            ORDER BY abs(sum(new_points - current_points)) DESC, wallet_address LIMIT %s
+            """,
+            (sample,),
+        ).fetchall()
+        return totals, biggest
+
+    def apply_changes(self, rule_version: str, tiers: list[tuple[int, str]]) -> int:
+        """Adjustments as new ledger entries (history stays), then totals and tiers, set-based.
+        One entry per session and rule version, so a repeat adds nothing."""
+        minimums = [m for m, _ in tiers]
+        names = [n for _, n in tiers]
+        row = self.conn.execute(
+            """
+            WITH added AS (
+                INSERT INTO points_ledger
+                    (wallet_address, points, source_kind, source_id, rule_version, metadata)
+                SELECT wallet_address, new_points - current_points, 'rule_adjustment',
+                       session_id::text || '@' || %(version)s, %(version)s,
+                       jsonb_build_object('session_id', session_id::text,
+                                          'previous', current_points, 'new', new_points)
+                FROM recompute_changes ORDER BY session_id
+                ON CONFLICT ON CONSTRAINT uq_points_ledger_source DO NOTHING
+                RETURNING wallet_address, points
+            ), per_user AS (
+                SELECT wallet_address, sum(points)::bigint AS delta FROM added GROUP BY 1
+            ), updated AS (
+                UPDATE users u
+                SET total_points = u.total_points + p.delta, updated_at = now(),
+                    points_updated_at = now(),
+                    tier = (SELECT t.name FROM unnest(%(mins)s::bigint[], %(names)s::text[])
+                                AS t(minimum, name)
+                            WHERE t.minimum <= u.total_points + p.delta
+                            ORDER BY t.minimum DESC LIMIT 1)
+                FROM per_user p WHERE u.wallet_address = p.wallet_address
+                RETURNING 1
+            )
+            SELECT count(*) AS n FROM added
+            """,
+            {"version": rule_version, "mins": minimums, "names": names},
+        ).fetchone()
+        return int(row["n"]) if row else 0

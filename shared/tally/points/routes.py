@@ -22,6 +22,7 @@ from tally.points.models import (
     VerificationIn,
     VerificationOut,
 )
+from tally.points.recompute import RecomputeReport, RecomputeRequest, recompute
 from tally.settings import get_settings
 
 Wallet = Annotated[str, Path(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_:.\-]+$")]
@@ -93,3 +94,9 @@ def post_flag_review(
     principal: Principal = caller(Role.ADMIN),
 ) -> AbuseFlagOut:
     return service.review_flag(flag_id, review, reviewer=principal.subject)
+
+
+@admin_router.post("/api/admin/points/recompute", **access(Role.ADMIN))
+def post_recompute(body: RecomputeRequest) -> RecomputeReport:
+    """Dry run by default: the diff of every award under today's rules."""
+    return recompute(apply=body.apply)
