@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 # tally's modules read these when first imported; set them as the local runtime does.
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "tally")
@@ -16,7 +17,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Tally")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
-QUICK = {"users": 20_000, "pending": 2_000, "concurrent": 1_000}
+QUICK = {"users": 20_000, "pending": 2_000, "concurrent": 1_000, "ledger": 200_000, "chunk": 50_000}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +40,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"smoke run: {QUICK['users']:,} users, {QUICK['pending']:,} pending",
     )
+    parser.add_argument(
+        "--suite",
+        choices=("points", "boards", "all"),
+        default="all",
+        help="points: award sweep and points leaderboard; boards: leaderboards vs Redis",
+    )
+    parser.add_argument(
+        "--ledger", type=int, default=10_000_000, help="ledger entries loaded for --suite boards"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=500_000, help="ledger entries per INSERT statement"
+    )
+    parser.add_argument(
+        "--load-budget",
+        type=float,
+        default=None,
+        help="stop loading the ledger (at a statement boundary) after this many seconds",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -52,14 +71,31 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]
 
-    from bench import award, leaderboard, report
-    from bench.db import fresh_database, open_server, server_facts
-    from bench.stats import log, quiet_stdout
-    from tally.settings import get_settings
+    from bench.db import open_server, server_facts
+    from bench.stats import log
 
     server = open_server()
     facts = server_facts(server)
     log(f"PostgreSQL {facts['server_version']} ({'embedded' if server.embedded else 'given'})")
+    ok = True
+    if args.suite in ("points", "all"):
+        ok = run_points(args, server, facts, started, load_at_start) and ok
+    if args.suite in ("boards", "all"):
+        ok = run_boards(args, server, facts, time.perf_counter(), os.getloadavg()) and ok
+    return 0 if ok else 1
+
+
+def run_points(
+    args: argparse.Namespace,
+    server: Any,
+    facts: dict[str, str],
+    started: float,
+    load_at_start: float,
+) -> bool:
+    from bench import award, leaderboard, report
+    from bench.db import fresh_database
+    from bench.stats import log, quiet_stdout
+    from tally.settings import get_settings
 
     with quiet_stdout():
         with fresh_database(server, "award") as url:
@@ -88,7 +124,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.write(args.out, report.render(info, award_report, board_report))
     log(f"wrote {args.out}")
-    return 0 if all(award_report.checks.values()) else 1
+    return all(award_report.checks.values())
+
+
+def run_boards(
+    args: argparse.Namespace,
+    server: Any,
+    facts: dict[str, str],
+    started: float,
+    load_at_start: tuple[float, float, float],
+) -> bool:
+    from bench import boards, boards_report
+    from bench.db import fresh_database
+    from bench.stats import log, quiet_stdout
+
+    reps = boards.QUICK_REPS if args.quick else boards.FULL_REPS
+    with quiet_stdout(), fresh_database(server, "boards") as url:
+        result = boards.run(
+            url,
+            users=args.users,
+            ledger=args.ledger,
+            chunk=args.chunk,
+            reps=reps,
+            budget=args.load_budget,
+        )
+    info = boards_report.BoardsRunInfo(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cpus=os.cpu_count() or 0,
+        platform=platform.platform(),
+        python=platform.python_version(),
+        postgres=facts,
+        embedded=server.embedded,
+        quick=args.quick,
+        bench_seconds=time.perf_counter() - started,
+        load_at_start=load_at_start,
+    )
+    boards_report.write(args.out, boards_report.render(info, result))
+    log(f"wrote {args.out}")
+    return all(result.checks.values())
 
 
 def award_job_schedule() -> tuple[str, int, int] | None:
