@@ -17,13 +17,18 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class Ordering:
-    """SQL fragments of one board ordering; `key` is the secondary column, if any."""
+    """SQL fragments of one board ordering; `key` is the secondary column, if any.
+
+    `after` and `before` are lists of branches, each a condition the index can bound on its
+    own (a tie group, then the scores beyond it): OR-ing them would leave everything but the
+    points column to a filter, and a big tie group would be walked row by row.
+    """
 
     key: str | None
     order: str
     reverse: str
-    after: str  # rows after the position (points, key, wallet)
-    before: str  # rows before it
+    after: tuple[str, ...]  # rows after the position (points, key, wallet)
+    before: tuple[str, ...]  # rows before it
     better: str | None  # same points, strictly better secondary key
     same: str | None  # same points, same secondary key
 
@@ -33,8 +38,8 @@ ORDERINGS: dict[Tiebreak, Ordering] = {
         key=None,
         order="b.points DESC, b.wallet_address",
         reverse="b.points ASC, b.wallet_address DESC",
-        after="b.points <= %(p)s AND (b.points < %(p)s OR b.wallet_address > %(w)s)",
-        before="b.points >= %(p)s AND (b.points > %(p)s OR b.wallet_address < %(w)s)",
+        after=("b.points = %(p)s AND b.wallet_address > %(w)s", "b.points < %(p)s"),
+        before=("b.points = %(p)s AND b.wallet_address < %(w)s", "b.points > %(p)s"),
         better=None,
         same=None,
     ),
@@ -42,10 +47,14 @@ ORDERINGS: dict[Tiebreak, Ordering] = {
         key="reached_at",
         order="b.points DESC, b.reached_at, b.wallet_address",
         reverse="b.points ASC, b.reached_at DESC, b.wallet_address DESC",
-        after="b.points <= %(p)s AND (b.points < %(p)s "
-        "OR (b.reached_at, b.wallet_address) > (%(k)s, %(w)s))",
-        before="b.points >= %(p)s AND (b.points > %(p)s "
-        "OR (b.reached_at, b.wallet_address) < (%(k)s, %(w)s))",
+        after=(
+            "b.points = %(p)s AND (b.reached_at, b.wallet_address) > (%(k)s, %(w)s)",
+            "b.points < %(p)s",
+        ),
+        before=(
+            "b.points = %(p)s AND (b.reached_at, b.wallet_address) < (%(k)s, %(w)s)",
+            "b.points > %(p)s",
+        ),
         better="b.reached_at < %(k)s",
         same="b.reached_at = %(k)s",
     ),
@@ -53,10 +62,16 @@ ORDERINGS: dict[Tiebreak, Ordering] = {
         key="submissions",
         order="b.points DESC, b.submissions DESC, b.wallet_address",
         reverse="b.points ASC, b.submissions ASC, b.wallet_address DESC",
-        after="b.points <= %(p)s AND (b.points < %(p)s OR b.submissions < %(k)s "
-        "OR (b.submissions = %(k)s AND b.wallet_address > %(w)s))",
-        before="b.points >= %(p)s AND (b.points > %(p)s OR b.submissions > %(k)s "
-        "OR (b.submissions = %(k)s AND b.wallet_address < %(w)s))",
+        after=(
+            "b.points = %(p)s AND b.submissions = %(k)s AND b.wallet_address > %(w)s",
+            "b.points = %(p)s AND b.submissions < %(k)s",
+            "b.points < %(p)s",
+        ),
+        before=(
+            "b.points = %(p)s AND b.submissions = %(k)s AND b.wallet_address < %(w)s",
+            "b.points = %(p)s AND b.submissions > %(k)s",
+            "b.points > %(p)s",
+        ),
         better="b.submissions > %(k)s",
         same="b.submissions = %(k)s",
     ),
@@ -129,20 +144,22 @@ class LeaderboardRepository:
         """Rows in board order after a position (or, reversed, the ones just before it)."""
         ordering = ORDERINGS[tiebreak]
         params: dict[str, Any] = {"board": board, "limit": limit}
-        where = "b.board = %(board)s"
-        order = ordering.order
-        position = after or before
-        if position is not None:
-            params.update(p=position[0], k=position[1], w=position[2])
-            where += " AND " + (ordering.after if after else ordering.before)
-            if before:
-                order = ordering.reverse
-        rows = self.conn.execute(
+        select = (
             f"SELECT {_ENTRY_COLUMNS} FROM board_scores b "
-            f"LEFT JOIN users u USING (wallet_address) WHERE {where} "
-            f"ORDER BY {order} LIMIT %(limit)s",
-            params,
-        ).fetchall()
+            "LEFT JOIN users u USING (wallet_address) WHERE b.board = %(board)s"
+        )
+        position = after or before
+        if position is None:
+            query = f"{select} ORDER BY {ordering.order} LIMIT %(limit)s"
+        else:
+            params.update(p=position[0], k=position[1], w=position[2])
+            order = ordering.order if after else ordering.reverse
+            branches = ordering.after if after else ordering.before
+            union = " UNION ALL ".join(
+                f"({select} AND {branch} ORDER BY {order} LIMIT %(limit)s)" for branch in branches
+            )
+            query = f"SELECT * FROM ({union}) AS b ORDER BY {order} LIMIT %(limit)s"
+        rows = self.conn.execute(query, params).fetchall()
         return rows[::-1] if before else rows
 
     def stream(self, board: str, tiebreak: Tiebreak, batch: int = 5000) -> Iterator[Row]:
