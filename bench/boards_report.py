@@ -254,11 +254,11 @@ def render(info: BoardsRunInfo, rep: BoardsReport) -> str:
             "cannot use an index-only scan and reads the heap (after a VACUUM it would be "
             "several times faster, still O(users above)); the window function ranks the whole "
             "`board_scores` table (every board) before filtering, the way it is usually "
-            "written. `around()` has the heaviest tail: its rows just above and below the user "
-            "come from `points >= p AND (points > p OR wallet < w)`, whose index condition "
-            "covers only `points` (the board orders points DESC, wallet ASC, so no row "
-            "comparison fits the index), so the scan also walks past the user's tie group; see "
-            "the plan below (`Rows Removed by Filter`). It is O(tie group), not O(board)."
+            "written. `around()` makes three round trips (the user's row, the rows above, the "
+            "rows below) plus the rank at the window's edge; each step before or after a "
+            "position is a UNION of branches the index bounds on its own (the rest of the tie "
+            "group on `(points, wallet)`, then the scores beyond it), so a big tie group is not "
+            "walked row by row: see the plan below (two index-bounded scans, no filter)."
         ),
         _para(
             "**The trade-off.** With the histogram PostgreSQL answers every board question the "
