@@ -15,8 +15,6 @@ CREATE TABLE users (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX idx_users_total_points ON users (total_points DESC);
--- Keyset pagination of the leaderboard: points descending, wallet as the stable tiebreak.
-CREATE INDEX idx_users_points_wallet ON users (total_points DESC, wallet_address);
 
 CREATE TABLE verification_sessions (
     id                      uuid PRIMARY KEY,

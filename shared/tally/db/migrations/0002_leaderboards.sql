@@ -31,7 +31,8 @@ CREATE INDEX idx_leaderboard_periods_open
 CREATE UNIQUE INDEX uq_leaderboard_periods_week
     ON leaderboard_periods (season_id, week_number) WHERE kind = 'week';
 
--- One row per (board, user): 'all' for all time, 'season:<slug>', 'season:<slug>:w<N>'.
+-- One row per (board, user): 'all' for all time, 'week:<IYYY>-W<IW>', 'season:<slug>',
+-- 'season:<slug>:w<N>'.
 CREATE TABLE board_scores (
     board           text NOT NULL,
     wallet_address  text NOT NULL,
@@ -60,11 +61,16 @@ CREATE TABLE board_bucket_counts (
     PRIMARY KEY (board, bucket)
 );
 
--- Apply a batch of new ledger entries to every open board they fall in, set-based.
+-- Apply a batch of new ledger entries, set-based, to every board they count on: all time, the
+-- ISO week (UTC) they were written in ('week:<IYYY>-W<IW>') and every open season period.
 CREATE FUNCTION board_scores_apply_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     WITH entry_boards AS (
         SELECT 'all'::text AS board, n.wallet_address, n.points, n.source_kind, n.created_at
+        FROM new_entries n
+        UNION ALL
+        SELECT 'week:' || to_char(n.created_at AT TIME ZONE 'UTC', 'IYYY-"W"IW'),
+               n.wallet_address, n.points, n.source_kind, n.created_at
         FROM new_entries n
         UNION ALL
         SELECT p.board, n.wallet_address, n.points, n.source_kind, n.created_at
@@ -116,11 +122,14 @@ CREATE TRIGGER trg_points_ledger_boards
     REFERENCING NEW TABLE AS new_entries
     FOR EACH STATEMENT EXECUTE FUNCTION board_scores_apply_ledger();
 
--- The all-time board of a database that already has a ledger.
+-- The all-time and ISO week boards of a database that already has a ledger.
 INSERT INTO board_scores (board, wallet_address, points, submissions, reached_at)
-SELECT 'all', wallet_address, sum(points)::bigint,
+SELECT board, wallet_address, sum(points)::bigint,
        count(*) FILTER (WHERE source_kind = 'dataset_submission'), max(created_at)
-FROM points_ledger GROUP BY wallet_address;
+FROM points_ledger,
+     LATERAL (VALUES ('all'), ('week:' || to_char(created_at AT TIME ZONE 'UTC', 'IYYY-"W"IW')))
+         AS b(board)
+GROUP BY board, wallet_address;
 INSERT INTO board_score_counts (board, points, users)
 SELECT board, points, count(*) FROM board_scores GROUP BY board, points;
 INSERT INTO board_bucket_counts (board, bucket, users)
