@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,20 +21,19 @@ os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "tally")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def _server_url() -> tuple[str, Any]:
+def _server_url(folder: Path) -> str:
     given = os.environ.get("TALLY_TEST_SERVER_URL") or os.environ.get("DATABASE_URL")
     if given:
-        return given, None
+        return given
     from tally.local.embedded import start
 
-    folder = Path(tempfile.mkdtemp(prefix="tally-test-pg-"))
-    return start(folder / "pgdata", database="postgres", cleanup="delete"), folder
+    return start(folder / "pgdata", database="postgres", cleanup="delete")
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh database for this test session on a throwaway (or the given) server."""
-    server_url, _ = _server_url()
+    server_url = _server_url(tmp_path_factory.mktemp("pg"))
     os.environ["TALLY_TEST_SERVER_URL"] = server_url
     name = f"tally_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
