@@ -15,7 +15,7 @@ from bench.boards import (
     Row,
 )
 from bench.db import EXPLAIN_RUNS
-from bench.report import HEADER, _duration, _ms, _para
+from bench.report import _duration, _ms, _para, write_block
 
 START = "<!-- bench:boards:start -->"
 END = "<!-- bench:boards:end -->"
@@ -35,16 +35,7 @@ class BoardsRunInfo:
 
 
 def write(path: Path, block: str) -> None:
-    """Replace the boards block in `path`, or append it; nothing else in the file changes."""
-    block = f"{START}\n{block.strip()}\n{END}"
-    text = path.read_text() if path.exists() else HEADER
-    start, end = text.find(START), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_block(path, block, START, END)
 
 
 def _ratio(a: float, b: float | None) -> str:

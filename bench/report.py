@@ -53,17 +53,22 @@ class RunInfo:
     schedule: tuple[str, int, int] | None  # (expression, batch size, timeout s) of the job
 
 
-def write(path: Path, block: str) -> None:
-    """Replace the points block in `path`, or append it (creating the file if need be)."""
-    block = f"{START}\n{block.strip()}\n{END}"
+def write_block(path: Path, block: str, start_marker: str, end_marker: str) -> None:
+    """Replace one bench's marked block in `path`, or append it (creating the file if need
+    be); nothing else in the file changes, so each bench owns only its own section."""
+    block = f"{start_marker}\n{block.strip()}\n{end_marker}"
     text = path.read_text() if path.exists() else HEADER
-    start, end = text.find(START), text.find(END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
+        text = text[:start] + block + text[end + len(end_marker) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def write(path: Path, block: str) -> None:
+    write_block(path, block, START, END)
 
 
 def render(info: RunInfo, award: AwardReport, board: LeaderboardReport) -> str:
