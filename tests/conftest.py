@@ -64,12 +64,23 @@ def _truncate(conn: psycopg.Connection[Any]) -> None:
         r["tablename"]
         for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename NOT IN ('schema_migrations', 'platform_counters')"
+            "AND tablename NOT IN ('schema_migrations', 'platform_counters', 'etl_watermarks', "
+            "'quest_definitions')"
         ).fetchall()
     ]
     if tables:
         conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
     conn.execute("UPDATE platform_counters SET value = 0")
+    # Rows the migrations seed: put them back as a fresh install has them.
+    conn.execute(
+        "UPDATE etl_watermarks SET received_upto = NULL, window_start = NULL, "
+        "last_run_at = NULL, last_rows = 0"
+    )
+    conn.execute("DELETE FROM quest_definitions WHERE slug <> 'weekly-25-taps'")
+    conn.execute(
+        "UPDATE quest_definitions SET title = 'Weekly goal', description = 'Tap 25 times this "
+        "week', unit = 'taps', target = 25, period = 'week', reward_points = 100, active = true"
+    )
 
 
 @pytest.fixture

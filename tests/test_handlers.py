@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from tally.community import etl
+from tally.community import service as community
+from tally.community.models import TapBatchIn
 from tally.leaderboards import service as leaderboards
 from tally.leaderboards.models import SeasonIn
 from tally.local import template as template_mod
@@ -39,6 +44,8 @@ def function_for(event_name: str) -> str:
 def apigw_auth(monkeypatch: pytest.MonkeyPatch, db: Any) -> Iterator[None]:
     """Invoked like Lambda behind API Gateway: the authorizer's claims are in the event."""
     monkeypatch.setenv("TALLY_AUTH_MODE", "apigw")
+    # The sample taps carry fixed dates; let them stay acceptable for years.
+    monkeypatch.setenv("TAP_MAX_AGE_DAYS", "3650")
     reset_settings()
     yield
     reset_settings()
@@ -75,11 +82,30 @@ def seed_from_events(event_name: str = "") -> None:
     if event_name != season_event:
         body = json.loads(load_event(season_event)["body"])
         leaderboards.create_season(SeasonIn.model_validate(body))
+    taps = TapBatchIn.model_validate_json(load_event("community_api_post_taps.json")["body"])
+    community.record_taps(taps)
+    etl.run_nightly(horizon=datetime.now(UTC) + timedelta(seconds=1))
+
+
+def wait_for_backfills(conn: psycopg.Connection[Any], timeout_s: float = 60) -> None:
+    """A backfill started by the admin route runs beside the request (a thread locally)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM community_backfills WHERE status IN ('queued', 'running')"
+        ).fetchone()
+        if row and row["n"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("backfill did not finish")
 
 
 @pytest.mark.parametrize("event_name", EVENT_FILES)
 def test_event_invokes_its_function(
-    event_name: str, apigw_auth: None, cfn_endpoint: tuple[str, list[dict[str, Any]]]
+    event_name: str,
+    apigw_auth: None,
+    db: psycopg.Connection[Any],
+    cfn_endpoint: tuple[str, list[dict[str, Any]]],
 ) -> None:
     seed_from_events(event_name)
     event = load_event(event_name)
@@ -95,6 +121,9 @@ def test_event_invokes_its_function(
             json.loads(result["body"])
     if "ResponseURL" in event:
         assert received and received[0]["Status"] == "SUCCESS", received
+    wait_for_backfills(db)
+    done = db.execute("SELECT count(*) AS n FROM community_backfills WHERE status <> 'done'")
+    assert done.fetchone() == {"n": 0}
 
 
 def test_every_function_has_a_sample_event() -> None:

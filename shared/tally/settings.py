@@ -76,6 +76,47 @@ class Settings(BaseSettings):
 
     points: PointsRules = Field(default_factory=PointsRules)
 
+    tap_batch_max: int = Field(1000, validation_alias="TAP_BATCH_MAX", ge=1, le=10_000)
+    tap_future_skew_s: int = Field(
+        300,
+        validation_alias="TAP_FUTURE_SKEW_SECONDS",
+        ge=0,
+        le=3600,
+        description="How far ahead of the server clock a tap's time may be.",
+    )
+    tap_max_age_days: int = Field(
+        30,
+        validation_alias="TAP_MAX_AGE_DAYS",
+        ge=1,
+        le=3650,
+        description="Older taps are refused: late data is rolled up, ancient data is a backfill.",
+    )
+    community_etl_lag_s: int = Field(
+        120,
+        validation_alias="COMMUNITY_ETL_LAG_SECONDS",
+        ge=0,
+        description="Taps received this recently wait for the next run (commits in flight).",
+    )
+    community_chunk_hours: int = Field(
+        24, validation_alias="COMMUNITY_CHUNK_HOURS", ge=1, le=24 * 31
+    )
+    community_stage_timeout_ms: int = Field(
+        300_000, validation_alias="COMMUNITY_STAGE_TIMEOUT_MS", ge=1000
+    )
+    community_backfill_chunk_days: int = Field(
+        7, validation_alias="COMMUNITY_BACKFILL_CHUNK_DAYS", ge=1, le=366
+    )
+    community_backfill_max_days: int = Field(
+        3660, validation_alias="COMMUNITY_BACKFILL_MAX_DAYS", ge=1
+    )
+    community_etl_function: str | None = Field(
+        None,
+        validation_alias="COMMUNITY_ETL_FUNCTION",
+        description="The ETL Lambda a backfill is handed to; unset locally (a thread runs it).",
+    )
+    surge_factor: float = Field(2.0, validation_alias="SURGE_FACTOR", gt=1.0, le=100.0)
+    surge_min_taps: int = Field(10, validation_alias="SURGE_MIN_TAPS", ge=1)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

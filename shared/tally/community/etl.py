@@ -1,0 +1,369 @@
+"""The nightly community ETL and its backfill.
+
+Nightly: every stage moves from its watermark to a horizon (now minus a lag, and never past a
+write transaction still open), a chunk of received time per transaction, so a long backlog or a
+statement timeout costs one chunk, never the run. Backfill: rebuild the rollups of a date range
+from the taps, a few days per transaction, continuing in a fresh invocation when time runs out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from aws_lambda_powertools import Logger
+
+from tally.community.dispatch import start_backfill
+from tally.community.models import BackfillOut, CommunityEtlInput, EtlResult, StageResult
+from tally.community.repository import EtlRepository
+from tally.db.connection import transaction
+from tally.errors import InvalidInput, NotFound
+from tally.observability import metrics
+from tally.points.tiers import TIERS
+from tally.settings import Settings, get_settings
+
+logger = Logger(child=True)
+
+EDGE_WINDOW = timedelta(days=90)
+QUEST_RULE_VERSION = "community-v1"
+RemainingMs = Callable[[], int]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    after: tuple[str, ...] = ()  # stages whose rows this one reads
+    source: str = "taps"  # what its watermark follows: taps.received_at or profiles.updated_at
+
+
+STAGES = (
+    Stage("edges"),
+    Stage("days"),
+    Stage("streaks", after=("days",)),
+    Stage("weeks"),
+    Stage("leaderboard", after=("weeks", "streaks")),
+    Stage("quests", after=("weeks",)),
+    Stage("surges"),
+    Stage("locations", source="profiles"),
+)
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _monday(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def _run_stage(
+    name: str, repo: EtlRepository, lo: datetime, hi: datetime, mark: dict[str, Any]
+) -> tuple[dict[str, int], datetime | None]:
+    """One chunk of one stage; returns its counts and, for edges, the new window start."""
+    settings = get_settings()
+    skew = timedelta(seconds=settings.tap_future_skew_s)
+    if name == "edges":
+        w1 = hi - EDGE_WINDOW
+        return repo.edges(lo, hi, mark["window_start"], w1), w1
+    if name in ("days", "weeks"):
+        return repo.activity(name == "weeks", lo, hi, skew), None
+    if name == "streaks":
+        return repo.streaks(lo, hi, skew), None
+    if name in ("leaderboard", "quests"):
+        weeks = repo.touched_weeks(lo, hi, skew)
+        if weeks is None:
+            return {"keys": 0, "written": 0}, None
+        if name == "leaderboard":
+            return repo.leaderboard(*weeks), None
+        return repo.quests(*weeks, QUEST_RULE_VERSION, list(TIERS)), None
+    if name == "surges":
+        first = repo.first_tap_time(lo, hi)
+        h1 = _hour(min(first, lo) if first is not None else lo)
+        h2 = _hour(hi)
+        if h1 >= h2:
+            return {"keys": 0, "written": 0}, None
+        return repo.surges(h1, h2, settings.surge_factor, settings.surge_min_taps), None
+    if name == "locations":
+        return repo.locations(lo, hi), None
+    raise ValueError(f"unknown stage {name}")
+
+
+@dataclass
+class _Step:
+    counts: dict[str, int]
+    upto: datetime | None
+    done: bool
+
+
+def _step(stage: Stage, horizon: datetime, settings: Settings) -> _Step | None:
+    """One transaction: lock, read the watermark, apply one chunk, move the watermark."""
+    with transaction() as conn:
+        repo = EtlRepository(conn)
+        if not repo.try_lock():
+            return None
+        repo.set_timeout(settings.community_stage_timeout_ms)
+        mark = repo.watermark(stage.name)
+        bound = horizon
+        if stage.after:
+            marks = repo.watermarks()
+            for upstream in stage.after:
+                upstream_mark = marks[upstream]
+                if upstream_mark is None:
+                    return _Step({}, mark["received_upto"], True)
+                bound = min(bound, upstream_mark)
+        lo = mark["received_upto"]
+        if lo is None:
+            lo = repo.first_profile_update() if stage.source == "profiles" else None
+            if stage.source == "taps":
+                lo = repo.first_received()
+            if lo is None:  # nothing has ever arrived: start from here
+                repo.advance(stage.name, bound, 0)
+                return _Step({}, bound, True)
+        if lo >= bound:
+            return _Step({}, lo, True)
+        chunk_hi = min(bound, lo + timedelta(hours=settings.community_chunk_hours))
+        counts, window_start = _run_stage(stage.name, repo, lo, chunk_hi, mark)
+        repo.advance(stage.name, chunk_hi, counts.get("written", 0), window_start)
+        return _Step(counts, chunk_hi, chunk_hi >= bound)
+
+
+def _out_of_time(remaining_ms: RemainingMs | None, settings: Settings) -> bool:
+    if remaining_ms is None:
+        return False
+    needed = settings.community_stage_timeout_ms + settings.job_safety_margin_ms
+    return remaining_ms() < needed
+
+
+def _record(result: StageResult, started: float, mode: str) -> None:
+    result.seconds = round(time.perf_counter() - started, 3)
+    logger.info("Community ETL stage finished", extra={"mode": mode, **result.model_dump()})
+    metrics.add_metric(name=f"CommunityEtl_{result.stage}_Rows", unit="Count", value=result.written)
+    metrics.add_metric(
+        name=f"CommunityEtl_{result.stage}_Seconds", unit="Seconds", value=result.seconds
+    )
+
+
+def run_nightly(
+    remaining_ms: RemainingMs | None = None, horizon: datetime | None = None
+) -> EtlResult:
+    """Bring every stage up to the horizon. Safe to run twice at once (the second waits for
+    nothing: it finds the lock taken and stops) and to run again (it finds nothing to do)."""
+    settings = get_settings()
+    if horizon is None:
+        with transaction() as conn:
+            horizon = EtlRepository(conn).horizon(timedelta(seconds=settings.community_etl_lag_s))
+    result = EtlResult(mode="nightly", horizon=horizon)
+    for stage in STAGES:
+        stage_result = StageResult(stage=stage.name)
+        started = time.perf_counter()
+        while True:
+            if _out_of_time(remaining_ms, settings):
+                result.complete = False
+                break
+            step = _step(stage, horizon, settings)
+            if step is None:
+                logger.info("Community ETL already running elsewhere", extra={"stage": stage.name})
+                result.ran = False
+                result.complete = False
+                return result
+            if step.counts:
+                stage_result.chunks += 1
+                stage_result.keys += step.counts.get("keys", 0)
+                stage_result.written += step.counts.get("written", 0)
+                for key, value in step.counts.items():
+                    if key not in ("keys", "written"):
+                        stage_result.detail[key] = stage_result.detail.get(key, 0) + value
+            stage_result.received_upto = step.upto
+            if step.done:
+                break
+        _record(stage_result, started, "nightly")
+        result.stages.append(stage_result)
+        if not result.complete:
+            break
+    metrics.add_metric(name="CommunityEtlRuns", unit="Count", value=1)
+    if not result.complete:
+        logger.warning("Community ETL stopped before its deadline", extra={"horizon": horizon})
+    return result
+
+
+# -- backfill ----------------------------------------------------------------------------------
+
+
+def request_backfill(from_day: date, to_day: date, requested_by: str | None) -> BackfillOut:
+    settings = get_settings()
+    if (to_day - from_day).days + 1 > settings.community_backfill_max_days:
+        raise InvalidInput(
+            f"A backfill covers at most {settings.community_backfill_max_days} days",
+            code="range_too_long",
+        )
+    with transaction() as conn:
+        row = EtlRepository(conn).create_backfill(uuid4(), from_day, to_day, requested_by)
+    logger.info("Community backfill requested", extra={"backfill": str(row["id"])})
+    return BackfillOut.model_validate(row)
+
+
+def get_backfill(backfill_id: UUID) -> BackfillOut:
+    with transaction() as conn:
+        row = EtlRepository(conn).backfill(backfill_id)
+    if row is None:
+        raise NotFound(f"No backfill {backfill_id}")
+    return BackfillOut.model_validate(row)
+
+
+def _locked_step(fn: Callable[[EtlRepository], dict[str, int]]) -> dict[str, int] | None:
+    settings = get_settings()
+    with transaction() as conn:
+        repo = EtlRepository(conn)
+        if not repo.try_lock():
+            return None
+        repo.set_timeout(settings.community_stage_timeout_ms)
+        return fn(repo)
+
+
+def run_backfill(backfill_id: UUID, remaining_ms: RemainingMs | None = None) -> EtlResult:
+    """Work through a backfill request: days and weeks a chunk at a time (progress kept in the
+    request), then edges, streaks, the weekly boards, quests and surges over the whole range.
+    Every step recomputes absolute values, so resuming after an interruption is safe."""
+    settings = get_settings()
+    result = EtlResult(mode="backfill", backfill_id=backfill_id)
+    with transaction() as conn:
+        repo = EtlRepository(conn)
+        request = repo.backfill(backfill_id, lock=True)
+        if request is None:
+            raise NotFound(f"No backfill {backfill_id}")
+        if request["status"] == "done":
+            return result
+        repo.update_backfill(backfill_id, status="running", error=None)
+        horizon = repo.horizon(timedelta(seconds=settings.community_etl_lag_s))
+        marks = repo.watermarks()
+    result.horizon = horizon
+    first, last = request["from_day"], request["to_day"]
+    try:
+        return _backfill(
+            backfill_id, first, last, request["next_day"], marks, horizon, result, remaining_ms
+        )
+    except Exception as exc:
+        with transaction() as conn:
+            EtlRepository(conn).update_backfill(backfill_id, status="failed", error=str(exc)[:500])
+        logger.exception("Community backfill failed", extra={"backfill": str(backfill_id)})
+        raise
+
+
+def _backfill(
+    backfill_id: UUID,
+    first: date,
+    last: date,
+    next_day: date,
+    marks: dict[str, datetime | None],
+    horizon: datetime,
+    result: EtlResult,
+    remaining_ms: RemainingMs | None,
+) -> EtlResult:
+    settings = get_settings()
+    chunk = timedelta(days=settings.community_backfill_chunk_days)
+    stages = {name: StageResult(stage=name) for name in ("days", "weeks")}
+    started = time.perf_counter()
+    while next_day <= last:
+        if _out_of_time(remaining_ms, settings):
+            result.complete = False
+            result.stages = list(stages.values())
+            return result
+        c1, c2 = next_day, min(last, next_day + chunk - timedelta(days=1))
+
+        def chunk_step(repo: EtlRepository, c1: date = c1, c2: date = c2) -> dict[str, int]:
+            days = repo.rebuild_activity(False, c1, c2)
+            weeks = repo.rebuild_activity(True, _monday(c1), _monday(c2))
+            repo.update_backfill(backfill_id, next_day=c2 + timedelta(days=1))
+            for name, counts in (("days", days), ("weeks", weeks)):
+                stages[name].chunks += 1
+                stages[name].keys += counts["keys"]
+                stages[name].written += counts["written"]
+            return days
+
+        if _locked_step(chunk_step) is None:
+            result.ran = result.complete = False
+            return result
+        next_day = c2 + timedelta(days=1)
+    for stage_result in stages.values():
+        _record(stage_result, started, "backfill")
+        result.stages.append(stage_result)
+
+    surge_upto = marks.get("surges") or horizon
+    streak_at = marks.get("streaks") or horizon
+    t1 = datetime.combine(first, datetime.min.time(), UTC) - timedelta(days=1)
+    t2 = datetime.combine(last, datetime.min.time(), UTC) + timedelta(days=2)
+    h2 = min(_hour(surge_upto), _hour(t2 + timedelta(hours=168)))
+    finishing: list[tuple[str, Callable[[EtlRepository], dict[str, int]]]] = [
+        ("edges", lambda repo: repo.rebuild_edges(t1, t2)),
+        ("streaks", lambda repo: repo.rebuild_streaks(first, last, streak_at)),
+        ("leaderboard", lambda repo: _weeks_from(repo, first, repo.leaderboard)),
+        (
+            "quests",
+            lambda repo: _weeks_from(
+                repo, first, lambda p1, p2: repo.quests(p1, p2, QUEST_RULE_VERSION, list(TIERS))
+            ),
+        ),
+        (
+            "surges",
+            lambda repo: (
+                repo.surges(t1, h2, settings.surge_factor, settings.surge_min_taps)
+                if t1 < h2
+                else {"keys": 0, "written": 0}
+            ),
+        ),
+    ]
+    for name, fn in finishing:
+        if _out_of_time(remaining_ms, settings):
+            result.complete = False
+            return result
+        stage_started = time.perf_counter()
+        counts = _locked_step(fn)
+        if counts is None:
+            result.ran = result.complete = False
+            return result
+        stage_result = StageResult(
+            stage=name, keys=counts.get("keys", 0), written=counts.get("written", 0), chunks=1
+        )
+        _record(stage_result, stage_started, "backfill")
+        result.stages.append(stage_result)
+    with transaction() as conn:
+        EtlRepository(conn).update_backfill(backfill_id, status="done")
+    logger.info("Community backfill finished", extra={"backfill": str(backfill_id)})
+    return result
+
+
+def _weeks_from(
+    repo: EtlRepository, first: date, fn: Callable[[date, date], dict[str, int]]
+) -> dict[str, int]:
+    latest = repo.latest_week()
+    if latest is None or latest < _monday(first):
+        return {"keys": 0, "written": 0}
+    return fn(_monday(first), latest)
+
+
+def backfill_now(from_day: date, to_day: date, requested_by: str | None = None) -> EtlResult:
+    """Request and run a backfill in this process (the `tally` command, the handler's event)."""
+    request = request_backfill(from_day, to_day, requested_by)
+    return run_backfill(request.id)
+
+
+def run(params: CommunityEtlInput, remaining_ms: RemainingMs | None = None) -> EtlResult:
+    """The ETL function's one entry: the nightly run, or a backfill (new, or continued in a
+    fresh invocation when the last one ran short of time)."""
+    if params.mode == "nightly":
+        return run_nightly(remaining_ms)
+    if params.backfill_id is None:
+        assert params.from_day is not None and params.to_day is not None
+        params = params.model_copy(
+            update={"backfill_id": request_backfill(params.from_day, params.to_day, None).id}
+        )
+    assert params.backfill_id is not None
+    result = run_backfill(params.backfill_id, remaining_ms)
+    if result.ran and not result.complete:
+        how = start_backfill(params.backfill_id)
+        logger.info("Backfill continues", extra={"backfill": str(params.backfill_id), "how": how})
+    return result
