@@ -125,6 +125,28 @@ def test_tally_invoke_runs_a_function_with_its_sample_event(
     assert unknown.returncode == 2 and "No function NoSuchFunction" in unknown.stderr
 
 
+def test_tally_community_runs_the_rollups_and_backfills(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO taps (client_tap_id, id1, id2, time, received_at) "
+        "VALUES ('c1', 'ann', 'bo', '2026-11-02T10:00Z', now() - interval '1 hour')"
+    )
+    env = {**os.environ, "DATABASE_URL": database_url}
+    nightly = _cli("community", env=env)
+    assert nightly.returncode == 0, nightly.stderr
+    assert json.loads(nightly.stdout[nightly.stdout.index("{\n") :])["mode"] == "nightly"
+    db.execute("TRUNCATE user_day_activity")
+    rebuilt = _cli("community", "--from", "2026-11-01", "--to", "2026-11-03", env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    days = db.execute("SELECT user_id, day FROM user_day_activity ORDER BY 1").fetchall()
+    assert [d["user_id"] for d in days] == ["ann", "bo"]
+    backwards = _cli("community", "--from", "2026-11-03", "--to", "2026-11-01", env=env)
+    assert backwards.returncode == 2 and "before" in backwards.stderr
+    half = _cli("community", "--from", "2026-11-03", env=env)
+    assert half.returncode == 2
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

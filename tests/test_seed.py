@@ -575,3 +575,22 @@ def test_demo_season_is_created_once(db: Any) -> None:
     season_total = sum(e.points for e in page.items)
     ledger = db.execute("SELECT sum(points) AS p FROM points_ledger").fetchone()
     assert season_total == ledger["p"]
+
+
+def test_seed_community_gives_the_community_page_data(db: Conn) -> None:
+    from tally.local.seed import seed_community
+
+    seed(users=60, pending=0, random_seed=3, now=NOW)
+    first = seed_community(days=7, taps_per_user=5, random_seed=3)
+    assert first["taps"] > 200
+    counts = db.execute(
+        "SELECT (SELECT count(*) FROM profiles) AS profiles, "
+        "(SELECT count(*) FROM user_day_activity) AS days, "
+        "(SELECT count(*) FROM edge_strength) AS edges, "
+        "(SELECT count(*) FROM home_location_struct) AS places"
+    ).fetchone()
+    assert counts is not None
+    assert counts["profiles"] == 60 and counts["places"] == 60
+    assert counts["days"] > 0 and counts["edges"] > 0
+    assert seed_community(days=7, taps_per_user=5, random_seed=3) == {"taps": 0}
+    assert_ledger_matches_totals(db)

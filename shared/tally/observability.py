@@ -8,6 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 SERVICE = "tally"
@@ -20,6 +21,19 @@ Handler = Callable[[dict[str, Any], LambdaContext], Any]
 
 API_CORRELATION = correlation_paths.API_GATEWAY_HTTP
 SCHEDULE_CORRELATION = None
+
+
+def dimensioned_metrics(
+    name: str, value: str, figures: dict[str, tuple[MetricUnit, float]]
+) -> None:
+    """Figures under one extra dimension (a job's stage, say), each flushed at once as its own
+    EMF blob so the function's other metrics keep their dimensions."""
+    from aws_lambda_powertools.metrics import single_metric
+
+    for metric_name, (unit, figure) in figures.items():
+        with single_metric(name=metric_name, unit=unit, value=figure, namespace="Tally") as metric:
+            metric.add_dimension(name="service", value=SERVICE)
+            metric.add_dimension(name=name, value=value)
 
 
 def lambda_handler(*, correlation_id_path: str | None = None) -> Callable[[Handler], Handler]:

@@ -16,13 +16,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit
 
 from tally.community.dispatch import start_backfill
 from tally.community.models import BackfillOut, CommunityEtlInput, EtlResult, StageResult
 from tally.community.repository import EtlRepository
 from tally.db.connection import transaction
 from tally.errors import InvalidInput, NotFound
-from tally.observability import metrics
+from tally.observability import dimensioned_metrics, metrics
 from tally.points.tiers import TIERS
 from tally.settings import Settings, get_settings
 
@@ -141,9 +142,14 @@ def _out_of_time(remaining_ms: RemainingMs | None, settings: Settings) -> bool:
 def _record(result: StageResult, started: float, mode: str) -> None:
     result.seconds = round(time.perf_counter() - started, 3)
     logger.info("Community ETL stage finished", extra={"mode": mode, **result.model_dump()})
-    metrics.add_metric(name=f"CommunityEtl_{result.stage}_Rows", unit="Count", value=result.written)
-    metrics.add_metric(
-        name=f"CommunityEtl_{result.stage}_Seconds", unit="Seconds", value=result.seconds
+    dimensioned_metrics(
+        "stage",
+        result.stage,
+        {
+            "CommunityEtlRowsWritten": (MetricUnit.Count, result.written),
+            "CommunityEtlRowsExamined": (MetricUnit.Count, result.keys),
+            "CommunityEtlStageSeconds": (MetricUnit.Seconds, result.seconds),
+        },
     )
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,14 @@ def cmd_dev(args: argparse.Namespace, root: Path) -> int:
     print(f"Tally dev: database {url}", flush=True)
     print(f"  migrations applied: {len(applied)}", flush=True)
     if args.seed:
-        from tally.local.seed import ensure_demo_season, has_data, seed
+        from tally.local.seed import ensure_demo_season, has_data, seed, seed_community
 
         if has_data():
             print("  seed      skipped: the database has users already (`tally seed` adds more)")
         else:
             seed(users=args.seed)
             ensure_demo_season()
+            seed_community()
     app = build_local_app(template)
     scheduler = Scheduler(template)
     if not args.no_schedules:
@@ -120,12 +122,13 @@ def cmd_migrate(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, root: Path) -> int:
-    from tally.local.seed import ensure_demo_season, seed
+    from tally.local.seed import ensure_demo_season, seed, seed_community
 
     prepare_environment(root)
     _migrate()
     seed(users=args.users, pending=args.pending, random_seed=args.random_seed)
     ensure_demo_season()
+    seed_community(random_seed=args.random_seed)
     return 0
 
 
@@ -137,6 +140,26 @@ def cmd_recompute(args: argparse.Namespace, root: Path) -> int:
     report = recompute(apply=args.apply)
     print(report.model_dump_json(indent=2))
     return 0
+
+
+def cmd_community(args: argparse.Namespace, root: Path) -> int:
+    """The community ETL now: the nightly run, or a backfill of a date range."""
+    from tally.community import etl
+
+    prepare_environment(root)
+    _migrate()
+    if args.from_day or args.to_day:
+        if not (args.from_day and args.to_day):
+            print("--from and --to go together", file=sys.stderr)
+            return 2
+        if args.to_day < args.from_day:
+            print("--to is before --from", file=sys.stderr)
+            return 2
+        result = etl.backfill_now(args.from_day, args.to_day, requested_by="tally command")
+    else:
+        result = etl.run_nightly()
+    print(result.model_dump_json(indent=2))
+    return 0 if result.complete else 1
 
 
 def cmd_token(args: argparse.Namespace, root: Path) -> int:
@@ -195,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recompute", help="replay awards under today's rules (dry run)")
     rec.add_argument("--apply", action="store_true", help="write the adjustments")
     rec.set_defaults(run=cmd_recompute)
+
+    com = sub.add_parser(
+        "community", help="run the community ETL now, or backfill a date range (--from/--to)"
+    )
+    com.add_argument("--from", dest="from_day", type=date.fromisoformat, metavar="YYYY-MM-DD")
+    com.add_argument("--to", dest="to_day", type=date.fromisoformat, metavar="YYYY-MM-DD")
+    com.set_defaults(run=cmd_community)
 
     tok = sub.add_parser("token", help="print a locally signed bearer token")
     tok.add_argument("--sub", default="dev-user")

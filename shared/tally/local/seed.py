@@ -821,3 +821,87 @@ def ensure_demo_season(now: datetime | None = None) -> str | None:
 def has_data() -> bool:
     row = get_connection().execute("SELECT EXISTS (SELECT 1 FROM users) AS any").fetchone()
     return bool(row and row["any"])
+
+
+COMMUNITY_ZONES = [
+    "UTC",
+    "America/New_York",
+    "Europe/Berlin",
+    "Asia/Kolkata",
+    "America/Los_Angeles",
+]
+COMMUNITY_PLACES = [
+    "Brooklyn, New York, USA",
+    "Austin, Texas, USA",
+    "Berlin, Germany",
+    "Pune, Maharashtra, India",
+    "Lisbon, Portugal",
+    "Oakland, California, USA",
+]
+
+
+def seed_community(
+    *, days: int = 14, taps_per_user: int = 12, random_seed: int = 42, now: datetime | None = None
+) -> dict[str, int]:
+    """Profiles for every wallet, and `days` of taps between them (people mostly tap the same
+    few neighbours, a few people tap a lot), then the nightly rollup, so the community
+    endpoints have something to show. Re-running adds nothing (client ids are fixed)."""
+    from tally.community.etl import run_nightly
+
+    end = now or datetime.now(UTC)
+    conn = get_connection()
+    with conn.transaction():
+        conn.execute("SELECT setseed(%s)", (((random_seed % 1000) / 1000.0),))
+        conn.execute(
+            """
+            INSERT INTO profiles (address, display_name, location, timezone)
+            SELECT u.wallet_address, 'Member ' || u.id,
+                   (%(places)s::text[])[1 + u.id %% cardinality(%(places)s::text[])],
+                   (%(zones)s::text[])[1 + u.id %% cardinality(%(zones)s::text[])]
+            FROM users u
+            ON CONFLICT (address) DO NOTHING
+            """,
+            {"places": COMMUNITY_PLACES, "zones": COMMUNITY_ZONES},
+        )
+        row = conn.execute(
+            """
+            WITH people AS (
+                SELECT wallet_address, (row_number() OVER (ORDER BY id) - 1)::int AS i,
+                       count(*) OVER ()::int AS n
+                FROM users
+            ), draws AS (
+                SELECT g, (SELECT max(n) FROM people) AS n,
+                       floor(power(random(), 2) * (SELECT max(n) FROM people))::int AS a,
+                       1 + floor(random() * 12)::int AS step,
+                       %(end)s::timestamptz - random() * %(days)s * interval '1 day' AS at
+                FROM generate_series(1, %(taps)s) AS g
+            ), added AS (
+                INSERT INTO taps (client_tap_id, id1, id2, time, received_at)
+                SELECT 'seed-' || %(seed)s || '-' || d.g, pa.wallet_address, pb.wallet_address,
+                       d.at, least(d.at + random() * interval '2 minutes', %(end)s)
+                FROM draws d
+                JOIN people pa ON pa.i = d.a
+                JOIN people pb ON pb.i = (d.a + d.step) %% d.n
+                WHERE d.n > 1 AND pa.i <> pb.i
+                ON CONFLICT (client_tap_id) DO NOTHING
+                RETURNING 1
+            )
+            SELECT count(*) AS n FROM added
+            """,
+            {
+                "end": end,
+                "days": days,
+                "taps": taps_per_user * max(_count_users(conn), 0),
+                "seed": random_seed,
+            },
+        ).fetchone()
+    added = int(row["n"]) if row else 0
+    # Committed above, so nothing is in flight: roll up to this instant, not to now minus the lag.
+    result = run_nightly(horizon=datetime.now(UTC))
+    print(f"Seeded {added:,} taps over {days} days; community rollups: {len(result.stages)} stages")
+    return {"taps": added}
+
+
+def _count_users(conn: Any) -> int:
+    row = conn.execute("SELECT count(*) AS n FROM users").fetchone()
+    return int(row["n"]) if row else 0
