@@ -15,6 +15,7 @@ from tally.community import etl
 from tests.support import auth
 
 SERVICE = auth("tap-relay", "service")
+BACKEND = auth("community-page", "user", "service")  # a backend acting for users
 ADMIN = auth("ops@example.com", "admin")
 NOW = datetime.now(UTC)
 
@@ -103,26 +104,32 @@ def test_only_services_post_taps(client: httpx.Client) -> None:
 # -- profiles ----------------------------------------------------------------------------------
 
 
-def test_profiles(client: httpx.Client) -> None:
+def test_profiles(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+    """Users edit their own profile; a backend acting for users holds both scopes."""
     body = {
         "display_name": "Alice",
         "location": "Brooklyn, New York, USA",
         "timezone": "America/New_York",
         "attributes": {"likes": ["birds"]},
     }
-    put = client.put("/api/community/profiles/alice", json=body, headers=SERVICE)
+    put = client.put("/api/profiles/alice", json=body, headers=me("alice"))
     assert put.status_code == 200, put.text
-    got = client.get("/api/community/profiles/alice", headers=SERVICE).json()
+    got = client.get("/api/profiles/alice", headers=me("alice")).json()
     assert got["timezone"] == "America/New_York" and got["attributes"] == {"likes": ["birds"]}
-    bad = client.put(
-        "/api/community/profiles/alice", json=body | {"timezone": "Mars/Olympus"}, headers=SERVICE
-    )
-    assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
-    nul = client.put(
-        "/api/community/profiles/alice", json=body | {"display_name": "A\u0000"}, headers=SERVICE
-    )
-    assert nul.status_code == 422
-    missing = client.get("/api/community/profiles/nobody", headers=SERVICE)
+    assert client.put("/api/profiles/bob", json=body, headers=BACKEND).status_code == 200
+    other = client.put("/api/profiles/bob", json=body, headers=me("alice"))
+    assert other.status_code == 403
+    assert client.put("/api/profiles/bob", json=body, headers=SERVICE).status_code == 403
+    for bad in (
+        {"timezone": "Mars/Olympus"},
+        {"display_name": "A\u0000"},
+        {"extra": 1},
+        {"attributes": {"x": "y" * 3000}},
+    ):
+        response = client.put("/api/profiles/alice", json=body | bad, headers=me("alice"))
+        assert response.status_code == 422, (bad, response.text)
+    assert client.get("/api/profiles/alice", headers=me("alice")).json() == got
+    missing = client.get("/api/profiles/nobody", headers=BACKEND)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
@@ -156,7 +163,7 @@ def community(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
         ("frank", "Austin, TX, USA"),
     ]:
         body = {"display_name": name.title(), "location": where, "timezone": "America/New_York"}
-        assert client.put(f"/api/community/profiles/{name}", json=body, headers=SERVICE).is_success
+        assert client.put(f"/api/profiles/{name}", json=body, headers=BACKEND).is_success
     pairs = [
         ("alice", "carol"),
         ("alice", "dave"),
@@ -225,9 +232,7 @@ def test_reading_someone_else_needs_a_service_or_admin(
 ) -> None:
     denied = client.get("/api/community/health?user_id=carol", headers=me("alice"))
     assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
-    # A backend acting for users holds both scopes.
-    backend = auth("community-page", "user", "service")
-    allowed = client.get("/api/community/health?user_id=carol", headers=backend)
+    allowed = client.get("/api/community/health?user_id=carol", headers=BACKEND)
     assert allowed.status_code == 200 and len(allowed.json()["connections"]) == 4
     assert client.get("/api/community/weekly").status_code == 401
 

@@ -51,7 +51,7 @@ def _subject(principal: Principal, user_id: str | None) -> str:
         return principal.subject
     if principal.has(Role.SERVICE) or principal.has(Role.ADMIN):
         return user_id
-    raise Forbidden("Only services and admins may read another user's community data")
+    raise Forbidden("Only services and admins may act for another user")
 
 
 @router.post("/api/community/taps", **access(Role.SERVICE))
@@ -61,14 +61,16 @@ def post_taps(body: TapBatchIn, response: Response) -> TapBatchOut:
     return result
 
 
-@router.put("/api/community/profiles/{address}", **access(Role.SERVICE))
-def put_profile(address: Address, body: ProfileIn) -> ProfileOut:
-    return service.put_profile(address, body)
+@router.put("/api/profiles/{address}", **access(Role.USER))
+def put_profile(
+    address: Address, body: ProfileIn, principal: Principal = caller(Role.USER)
+) -> ProfileOut:
+    return service.put_profile(_subject(principal, address), body)
 
 
-@router.get("/api/community/profiles/{address}", **access(Role.SERVICE))
-def get_profile(address: Address) -> ProfileOut:
-    return service.get_profile(address)
+@router.get("/api/profiles/{address}", **access(Role.USER))
+def get_profile(address: Address, principal: Principal = caller(Role.USER)) -> ProfileOut:
+    return service.get_profile(_subject(principal, address))
 
 
 @router.get("/api/community/weekly", **access(Role.USER))
