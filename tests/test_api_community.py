@@ -122,6 +122,8 @@ def test_profiles(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     assert client.put("/api/profiles/bob", json=body, headers=SERVICE).status_code == 403
     for bad in (
         {"timezone": "Mars/Olympus"},
+        {"timezone": "localtime"},
+        {"timezone": "posix/Europe/Berlin"},
         {"display_name": "A\u0000"},
         {"extra": 1},
         {"attributes": {"x": "y" * 3000}},
@@ -131,6 +133,40 @@ def test_profiles(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     assert client.get("/api/profiles/alice", headers=me("alice")).json() == got
     missing = client.get("/api/profiles/nobody", headers=BACKEND)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+def test_the_database_refuses_a_zone_it_does_not_know(db: psycopg.Connection[Any]) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("INSERT INTO profiles (address, timezone) VALUES ('x', 'Mars/Olympus')")
+
+
+def test_a_client_id_reused_by_a_concurrent_batch_is_a_conflict(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    """The second batch waits for the first to commit, then must see the clash."""
+    import threading
+
+    from psycopg.rows import dict_row
+
+    from tally.community.repository import TapRepository
+
+    first = psycopg.connect(database_url, row_factory=dict_row)
+    second = psycopg.connect(database_url, row_factory=dict_row)
+    TapRepository(first).insert_taps([("c1", "alice", "bob", NOW)])
+    out: dict[str, Any] = {}
+
+    def other() -> None:
+        out["result"] = TapRepository(second).insert_taps([("c1", "alice", "carol", NOW)])
+        second.rollback()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    time.sleep(0.3)
+    first.commit()
+    thread.join(10)
+    first.close()
+    second.close()
+    assert out["result"] == (0, ["c1"])
 
 
 # -- the four endpoints ------------------------------------------------------------------------
@@ -200,8 +236,11 @@ def test_weekly(client: httpx.Client, community: None) -> None:
     debug = body["meta"]["debug"]
     assert debug["candidates_considered"] == 2 and debug["weights"]["mutuals"] == 0.7
     assert "week_start" in debug and "week_end" in debug
-    berlin = client.get("/api/community/weekly?tz=Europe/Berlin", headers=me("alice")).json()
-    assert berlin["meta"]["tz_used"] == "Europe/Berlin" and berlin["meta"]["debug"] is None
+    # tz changes how times are shown, never which week: weeks are kept in alice's own zone.
+    for tz in ("Europe/Berlin", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        other = client.get(f"/api/community/weekly?tz={tz}", headers=me("alice")).json()
+        assert other["meta"]["tz_used"] == tz and other["meta"]["debug"] is None
+        assert other["me"] == body["me"] and other["leaderboard"] == body["leaderboard"]
 
 
 def test_quests_radar_and_health(client: httpx.Client, community: None) -> None:
@@ -241,6 +280,8 @@ def test_reading_someone_else_needs_a_service_or_admin(
     "query",
     [
         "tz=Mars/Olympus",
+        "tz=localtime",
+        "tz=Factory",
         "tz=" + "x" * 65,
         "hours=0",
         "hours=169",
@@ -302,3 +343,21 @@ def test_bad_backfills_are_422(
         "/api/admin/community/backfill/00000000-0000-0000-0000-000000000000", headers=ADMIN
     )
     assert unknown.status_code == 404
+
+
+def test_a_backfill_that_cannot_be_handed_over_waits_for_the_nightly_run(
+    client: httpx.Client, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tally.community import routes
+
+    def unreachable(backfill_id: Any) -> str:
+        raise ConnectionError("lambda endpoint unreachable")
+
+    monkeypatch.setattr(routes, "start_backfill", unreachable)
+    body = {"from_day": "2026-11-01", "to_day": "2026-11-02"}
+    response = client.post("/api/admin/community/backfill", json=body, headers=ADMIN)
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    started: list[Any] = []
+    monkeypatch.setattr(etl, "start_backfill", started.append)
+    run_etl()
+    assert [str(b) for b in started] == [response.json()["id"]]

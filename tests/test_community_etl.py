@@ -129,6 +129,21 @@ def test_edges_follow_a_true_rolling_90_day_window(db: psycopg.Connection[Any]) 
     assert rows["a", "b"]["taps_90d"] == 1
 
 
+def test_more_taps_leaving_the_window_than_entering_it(db: psycopg.Connection[Any]) -> None:
+    add_taps(db, [("a", "b", T0), ("a", "b", T0 + timedelta(minutes=5))])
+    nightly(T0 + timedelta(days=89))
+    # Both leave the window the night a third one enters it.
+    add_taps(db, [("a", "b", T0 + timedelta(days=90, hours=1))])
+    nightly(T0 + timedelta(days=90, hours=2))
+    edge = db.execute("SELECT taps_90d, first_tap_at FROM edge_strength").fetchone()
+    assert edge == {"taps_90d": 1, "first_tap_at": T0}
+    # History loaded late by SQL, long before the window: remembered, not counted.
+    add_taps(db, [("b", "a", T0 - timedelta(days=200), T0 + timedelta(days=90, hours=3))])
+    nightly(T0 + timedelta(days=90, hours=4))
+    edge = db.execute("SELECT taps_90d, first_tap_at FROM edge_strength").fetchone()
+    assert edge == {"taps_90d": 1, "first_tap_at": T0 - timedelta(days=200)}
+
+
 def test_day_activity_by_hand(db: psycopg.Connection[Any]) -> None:
     d0, d1 = T0 + timedelta(hours=10), T0 + timedelta(days=1, hours=10)
     add_taps(
@@ -267,6 +282,59 @@ def test_streaks_across_the_dst_change(db: psycopg.Connection[Any]) -> None:
     nightly(datetime(2026, 11, 5, 18, tzinfo=UTC))
     assert streak(db, "ny")["current_streak"] == 1  # type: ignore[index]
     assert streak(db, "ny")["longest_streak"] == 4  # type: ignore[index]
+
+
+def test_a_repeated_local_midnight_belongs_to_the_new_day(db: psycopg.Connection[Any]) -> None:
+    """Atlantic/Azores falls back from 01:00 to 00:00 on 2026-10-25: midnight happens twice."""
+    zone(db, "az", "Atlantic/Azores")
+    add_taps(db, [("az", "x", datetime(2026, 10, 25, 0, 30, tzinfo=UTC))])  # the first 00:30
+    nightly(datetime(2026, 10, 26, tzinfo=UTC))
+    assert day_row(db, "az", date(2026, 10, 25))["taps"] == 1  # type: ignore[index]
+    assert day_row(db, "az", date(2026, 10, 24)) is None
+    assert streak(db, "az")["last_active_day"] == date(2026, 10, 25)  # type: ignore[index]
+
+
+def test_a_zone_change_recomputes_the_users_history(db: psycopg.Connection[Any]) -> None:
+    zone(db, "ny", "UTC")
+    evenings = [datetime(2026, 10, d, 2, 30, tzinfo=UTC) for d in (6, 7, 8)]
+    add_taps(db, [("ny", "b", moment) for moment in evenings])
+    nightly(datetime(2026, 10, 8, 12, tzinfo=UTC))
+    assert [
+        r["day"].day
+        for r in db.execute("SELECT day FROM user_day_activity WHERE user_id = 'ny' ORDER BY day")
+    ] == [6, 7, 8]
+    zone(db, "ny", "America/New_York")
+    result = nightly(datetime(2026, 10, 8, 13, tzinfo=UTC))
+    assert result.stages[0].stage == "zones" and result.stages[0].keys == 1
+    days = [
+        r["day"].day
+        for r in db.execute("SELECT day FROM user_day_activity WHERE user_id = 'ny' ORDER BY day")
+    ]
+    assert days == [5, 6, 7]  # 22:30 the evening before, in New York
+    assert streak(db, "ny")["timezone"] == "America/New_York"  # type: ignore[index]
+    incremental = rollups(db)
+    db.execute(
+        "TRUNCATE edge_strength, user_day_activity, user_week_activity, user_streaks, "
+        "weekly_leaderboard, user_quest_progress, surge_windows"
+    )
+    etl.backfill_now(date(2026, 10, 1), date(2026, 10, 10))
+    assert rollups(db) == incremental
+
+
+def test_a_neighbours_week_in_another_zone_is_re_ranked(db: psycopg.Connection[Any]) -> None:
+    zone(db, "v", "America/New_York")
+    zone(db, "u", "Pacific/Auckland")
+    zone(db, "w", "Pacific/Auckland")
+    t1 = datetime(2026, 10, 11, 12, tzinfo=UTC)  # Sunday in New York, Monday in Auckland
+    add_taps(db, [("v", "u", t1)])
+    nightly(t1 + timedelta(hours=1))
+    add_taps(db, [("u", "w", t1 + timedelta(hours=1), t1 + timedelta(hours=1, minutes=30))])
+    nightly(t1 + timedelta(hours=3))
+    growth = db.execute(
+        "SELECT second_degree_growth FROM weekly_leaderboard "
+        "WHERE week_start = '2026-10-05' AND user_id = 'v'"
+    ).fetchone()
+    assert growth == {"second_degree_growth": 1}
 
 
 def test_a_late_day_joins_two_runs(db: psycopg.Connection[Any]) -> None:
@@ -447,6 +515,26 @@ def test_a_backfill_resumes_where_its_deadline_stopped_it(
     assert rollups(db) == expected
 
 
+def test_a_backfill_that_finds_the_job_running_waits_for_it(
+    db: psycopg.Connection[Any], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tally.community import repository
+
+    add_taps(db, [("a", "b", T0)])
+    nightly(T0 + timedelta(days=1))
+    request = etl.request_backfill(T0.date(), T0.date(), "test")
+    with psycopg.connect(database_url) as holder, holder.transaction():
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (repository.COMMUNITY_LOCK,))
+        blocked = etl.run_backfill(request.id)
+    assert not blocked.ran and etl.get_backfill(request.id).status == "queued"
+    started: list[Any] = []
+    monkeypatch.setattr(etl, "start_backfill", started.append)
+    nightly(T0 + timedelta(days=1))  # the nightly run, once done, starts what waits
+    assert started == [request.id]
+    assert etl.run_backfill(request.id).complete
+    assert etl.get_backfill(request.id).status == "done"
+
+
 def test_the_handler_hands_an_unfinished_backfill_to_a_fresh_invocation(
     db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -477,26 +565,42 @@ def test_the_handler_hands_an_unfinished_backfill_to_a_fresh_invocation(
 # -- incremental equals a full rebuild -------------------------------------------------------
 
 USERS = ["a", "b", "c", "d", "e", "f"]
-ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Auckland"]
+ZONES = [
+    "UTC",
+    "America/New_York",
+    "Asia/Kolkata",
+    "Pacific/Auckland",
+    "Pacific/Kiritimati",
+    "Pacific/Pago_Pago",
+    "Atlantic/Azores",
+]
+DAYS = 130  # past the 90-day window, so taps leave it
 
 tap_strategy = st.tuples(
     st.sampled_from(USERS),
     st.sampled_from(USERS),
-    st.integers(0, 24 * 60 * 21),  # minutes into three weeks
-    st.one_of(st.integers(0, 30), st.integers(0, 60 * 24 * 5)),  # arrival delay, minutes
+    st.one_of(  # minutes into the period: whole hours hit local midnights exactly
+        st.integers(0, 24 * 21).map(lambda h: h * 60),
+        st.integers(0, 24 * 60 * 21),
+        st.integers(0, 24 * 60 * DAYS),
+    ),
+    st.one_of(  # arrival delay in minutes; negative: a tap time slightly in the future
+        st.integers(-5, 30), st.integers(0, 60 * 24 * 5), st.sampled_from([0, 60, 1440])
+    ),
 ).filter(lambda t: t[0] != t[1])
 
 
 @settings(
-    max_examples=25,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     taps=st.lists(tap_strategy, min_size=1, max_size=60),
     zones=st.lists(st.sampled_from(ZONES), min_size=len(USERS), max_size=len(USERS)),
-    cuts=st.lists(st.integers(1, 24 * 27), min_size=1, max_size=4),
-    chunk_hours=st.sampled_from([6, 24, 200]),
+    cuts=st.lists(st.integers(1, 24 * (DAYS + 5)), min_size=1, max_size=5),
+    chunk_hours=st.sampled_from([1, 6, 24, 200]),
+    moves=st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from(ZONES)), max_size=2),
 )
 def test_incremental_runs_equal_a_full_rebuild(
     db: psycopg.Connection[Any],
@@ -505,6 +609,7 @@ def test_incremental_runs_equal_a_full_rebuild(
     zones: list[str],
     cuts: list[int],
     chunk_hours: int,
+    moves: list[tuple[str, str]],
 ) -> None:
     _truncate(db)
     monkeypatch.setenv("COMMUNITY_CHUNK_HOURS", str(chunk_hours))
@@ -515,12 +620,14 @@ def test_incremental_runs_equal_a_full_rebuild(
     add_taps(
         db,
         [
-            (a, b, T0 + timedelta(minutes=m), T0 + timedelta(minutes=m + delay))
+            (a, b, T0 + timedelta(minutes=m), T0 + timedelta(minutes=max(m + delay, 0)))
             for a, b, m, delay in taps
         ],
     )
-    end = T0 + timedelta(days=28)
-    for hours in sorted(set(cuts)):
+    end = T0 + timedelta(days=DAYS + 6)
+    for i, hours in enumerate(sorted(set(cuts))):
+        if i < len(moves):  # someone moves to another zone between runs
+            zone(db, *moves[i])
         nightly(T0 + timedelta(hours=hours))
     nightly(end)
     incremental = rollups(db)

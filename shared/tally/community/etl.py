@@ -31,6 +31,9 @@ logger = Logger(child=True)
 
 EDGE_WINDOW = timedelta(days=90)
 QUEST_RULE_VERSION = "community-v1"
+# A running backfill whose request has not moved for this long lost its invocation.
+BACKFILL_STALE = timedelta(minutes=20)
+HORIZON_WARNING = timedelta(minutes=5)
 RemainingMs = Callable[[], int]
 
 
@@ -51,6 +54,36 @@ STAGES = (
     Stage("surges"),
     Stage("locations", source="profiles"),
 )
+
+
+def rezone(horizon: datetime) -> StageResult | None:
+    """Users who moved to another zone get all their days, weeks and streaks recomputed in the
+    new one (and the weeks they left or entered re-ranked) before anything else runs, so no
+    rollup mixes their two zones. None when another run holds the lock."""
+    started = time.perf_counter()
+    result = StageResult(stage="zones")
+    with transaction() as conn:
+        repo = EtlRepository(conn)
+        if not repo.try_lock():
+            return None
+        users = repo.rezoned_users()
+        if users:
+            repo.set_timeout(get_settings().community_stage_timeout_ms)
+            at = repo.watermarks().get("streaks") or horizon
+            before = repo.first_week_of(users)
+            counts = repo.rebuild_users(users, at)
+            after = repo.first_week_of(users)
+            latest = repo.latest_week()
+            firsts = [week for week in (before, after) if week is not None]
+            if firsts and latest is not None:
+                p1 = min(firsts)
+                repo.leaderboard(p1, max(p1, latest))
+                repo.quests(p1, max(p1, latest), QUEST_RULE_VERSION, list(TIERS))
+            result.keys, result.written, result.chunks = len(users), counts["written"], 1
+            result.detail["users"] = len(users)
+    if users:
+        _record(result, started, "zones")
+    return result
 
 
 def _hour(moment: datetime) -> datetime:
@@ -126,7 +159,10 @@ def _step(stage: Stage, horizon: datetime, settings: Settings) -> _Step | None:
                 return _Step({}, bound, True)
         if lo >= bound:
             return _Step({}, lo, True)
-        chunk_hi = min(bound, lo + timedelta(hours=settings.community_chunk_hours))
+        # A chunk of received time, stretched over a quiet stretch to the next arrival.
+        arrival = repo.next_arrival(lo, stage.source)
+        step = timedelta(hours=settings.community_chunk_hours)
+        chunk_hi = bound if arrival is None else min(bound, max(lo + step, arrival + step))
         counts, window_start = _run_stage(stage.name, repo, lo, chunk_hi, mark)
         repo.advance(stage.name, chunk_hi, counts.get("written", 0), window_start)
         return _Step(counts, chunk_hi, chunk_hi >= bound)
@@ -160,9 +196,22 @@ def run_nightly(
     nothing: it finds the lock taken and stops) and to run again (it finds nothing to do)."""
     settings = get_settings()
     if horizon is None:
+        lag = timedelta(seconds=settings.community_etl_lag_s)
         with transaction() as conn:
-            horizon = EtlRepository(conn).horizon(timedelta(seconds=settings.community_etl_lag_s))
+            horizon = EtlRepository(conn).horizon(lag)
+        held_back = datetime.now(UTC) - lag - horizon
+        if held_back > HORIZON_WARNING:
+            # A write transaction open this long holds every stage back (see pg_stat_activity).
+            logger.warning(
+                "Community ETL horizon held back by an open transaction",
+                extra={"horizon": horizon, "held_back_s": held_back.total_seconds()},
+            )
     result = EtlResult(mode="nightly", horizon=horizon)
+    zones = rezone(horizon)
+    if zones is None:
+        logger.info("Community ETL already running elsewhere", extra={"stage": "zones"})
+        return result.model_copy(update={"ran": False, "complete": False})
+    result.stages.append(zones)
     for stage in STAGES:
         stage_result = StageResult(stage=stage.name)
         started = time.perf_counter()
@@ -193,6 +242,8 @@ def run_nightly(
     metrics.add_metric(name="CommunityEtlRuns", unit="Count", value=1)
     if not result.complete:
         logger.warning("Community ETL stopped before its deadline", extra={"horizon": horizon})
+    else:
+        resume_waiting_backfills()
     return result
 
 
@@ -247,6 +298,10 @@ def run_backfill(backfill_id: UUID, remaining_ms: RemainingMs | None = None) -> 
         horizon = repo.horizon(timedelta(seconds=settings.community_etl_lag_s))
         marks = repo.watermarks()
     result.horizon = horizon
+    zones = rezone(horizon)
+    if zones is None:
+        return _requeue(backfill_id, result)
+    result.stages.append(zones)
     first, last = request["from_day"], request["to_day"]
     try:
         return _backfill(
@@ -291,8 +346,7 @@ def _backfill(
             return days
 
         if _locked_step(chunk_step) is None:
-            result.ran = result.complete = False
-            return result
+            return _requeue(backfill_id, result)
         next_day = c2 + timedelta(days=1)
     for stage_result in stages.values():
         _record(stage_result, started, "backfill")
@@ -329,8 +383,7 @@ def _backfill(
         stage_started = time.perf_counter()
         counts = _locked_step(fn)
         if counts is None:
-            result.ran = result.complete = False
-            return result
+            return _requeue(backfill_id, result)
         stage_result = StageResult(
             stage=name, keys=counts.get("keys", 0), written=counts.get("written", 0), chunks=1
         )
@@ -340,6 +393,28 @@ def _backfill(
         EtlRepository(conn).update_backfill(backfill_id, status="done")
     logger.info("Community backfill finished", extra={"backfill": str(backfill_id)})
     return result
+
+
+def _requeue(backfill_id: UUID, result: EtlResult) -> EtlResult:
+    """Another run holds the lock: wait in the queue; the nightly run starts waiting backfills
+    when it is done."""
+    with transaction() as conn:
+        EtlRepository(conn).update_backfill(backfill_id, status="queued")
+    logger.info("Backfill waits for the running ETL", extra={"backfill": str(backfill_id)})
+    result.ran = result.complete = False
+    return result
+
+
+def resume_waiting_backfills() -> list[UUID]:
+    """Start every backfill nobody is working on (queued behind a run, or orphaned by a
+    failed hand-off or a dead invocation)."""
+    with transaction() as conn:
+        waiting = EtlRepository(conn).waiting_backfills(BACKFILL_STALE)
+    for backfill_id in waiting:
+        start_backfill(backfill_id)
+    if waiting:
+        logger.info("Resumed waiting backfills", extra={"backfills": [str(b) for b in waiting]})
+    return waiting
 
 
 def _weeks_from(

@@ -27,13 +27,19 @@ ClientTapId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_:.\-]+$")
 ]
 _ZONES: frozenset[str] | None = None
+# Names in the zone database that are not places: the server's own zone, and aliases of others.
+NOT_PLACES = frozenset({"localtime", "posixrules", "Factory"})
 
 
 def check_zone(name: str) -> str:
     """An IANA zone name PostgreSQL and Python both know ("UTC", "America/New_York")."""
     global _ZONES
     if _ZONES is None:
-        _ZONES = frozenset(available_timezones()) | {"UTC"}
+        _ZONES = frozenset(
+            zone
+            for zone in available_timezones()
+            if zone not in NOT_PLACES and not zone.startswith(("posix/", "right/"))
+        ) | {"UTC"}
     if name not in _ZONES:
         raise ValueError(f"{name!r} is not an IANA time zone (e.g. America/New_York)")
     try:

@@ -24,27 +24,29 @@ class TapRepository:
         """Store new taps; returns how many were new and the client ids that were already
         stored with different content (a client bug the caller must hear about)."""
         ids = [t[0] for t in taps]
-        rows = self.conn.execute(
-            """
-            WITH incoming AS (
-                SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])
-                    AS i(client_tap_id, id1, id2, time)
-            ), added AS (
-                INSERT INTO taps (client_tap_id, id1, id2, time)
-                SELECT client_tap_id, id1, id2, time FROM incoming ORDER BY client_tap_id
-                ON CONFLICT (client_tap_id) DO NOTHING
-                RETURNING client_tap_id
-            )
-            SELECT (SELECT count(*) FROM added) AS added,
-                   coalesce((SELECT array_agg(i.client_tap_id ORDER BY i.client_tap_id)
-                             FROM incoming i JOIN taps t USING (client_tap_id)
-                             WHERE (t.id1, t.id2, t.time) <> (i.id1, i.id2, i.time)),
-                            '{}') AS conflicting
+        columns = (ids, [t[1] for t in taps], [t[2] for t in taps], [t[3] for t in taps])
+        incoming = """
+            SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])
+                AS i(client_tap_id, id1, id2, time)
+        """
+        added = self.conn.execute(
+            f"""
+            INSERT INTO taps (client_tap_id, id1, id2, time)
+            SELECT client_tap_id, id1, id2, time FROM ({incoming}) i ORDER BY client_tap_id
+            ON CONFLICT (client_tap_id) DO NOTHING
             """,
-            (ids, [t[1] for t in taps], [t[2] for t in taps], [t[3] for t in taps]),
-        ).fetchone()
-        assert rows is not None
-        return int(rows["added"]), list(rows["conflicting"])
+            columns,
+        ).rowcount
+        # A statement of its own: its snapshot sees a row another batch committed meanwhile.
+        conflicting = self.conn.execute(
+            f"""
+            SELECT i.client_tap_id FROM ({incoming}) i JOIN taps t USING (client_tap_id)
+            WHERE (t.id1, t.id2, t.time) <> (i.id1, i.id2, i.time)
+            ORDER BY i.client_tap_id
+            """,
+            columns,
+        ).fetchall()
+        return added, [r["client_tap_id"] for r in conflicting]
 
     def upsert_profile(self, address: str, fields: dict[str, Any]) -> Row:
         row = self.conn.execute(
@@ -133,6 +135,16 @@ class EtlRepository:
         row = self.conn.execute("SELECT min(received_at) AS first FROM taps").fetchone()
         return row["first"] if row else None
 
+    def next_arrival(self, after: datetime, source: str) -> datetime | None:
+        """The first tap received (profile updated) at or after `after`."""
+        query = (
+            "SELECT min(updated_at) AS t FROM profiles WHERE updated_at >= %s"
+            if source == "profiles"
+            else "SELECT min(received_at) AS t FROM taps WHERE received_at >= %s"
+        )
+        row = self.conn.execute(query, (after,)).fetchone()
+        return row["t"] if row else None
+
     def first_profile_update(self) -> datetime | None:
         row = self.conn.execute("SELECT min(updated_at) AS first FROM profiles").fetchone()
         return row["first"] if row else None
@@ -166,14 +178,16 @@ class EtlRepository:
     def touched_weeks(
         self, lo: datetime, hi: datetime, skew: timedelta
     ) -> tuple[date, date] | None:
-        """Weeks to re-rank: from the earliest local week a window of taps touches to the
-        newest week on record (a late day can lengthen the streaks of later weeks)."""
+        """Weeks to re-rank: from the earliest local week a window of taps can touch in any
+        zone (UTC-12 is the earliest; a neighbour's week counts too) to the newest week on
+        record (a late day can lengthen the streaks of later weeks)."""
         row = self.conn.execute(
             f"""
             WITH {rollups.TOUCHED_BY_RECEIPT}
             firsts AS (
-                SELECT min({WEEK.of("t.time", rollups.ZONE)}) AS p1
-                FROM touched t LEFT JOIN profiles z ON z.address = t.user_id
+                SELECT date_trunc('week', (min(time) AT TIME ZONE 'UTC')
+                                          - interval '12 hours')::date AS p1
+                FROM touched
             )
             SELECT p1, (SELECT max(week_start) FROM user_week_activity) AS p2 FROM firsts
             """,
@@ -233,6 +247,34 @@ class EtlRepository:
         counts["expired"] = self.expire_streaks(at)
         return counts
 
+    def rezoned_users(self) -> list[str]:
+        """Users whose profile zone differs from the zone their rollups were computed in."""
+        rows = self.conn.execute(
+            """
+            SELECT s.user_id FROM user_streaks s JOIN profiles p ON p.address = s.user_id
+            WHERE p.timezone <> s.timezone ORDER BY s.user_id
+            """
+        ).fetchall()
+        return [r["user_id"] for r in rows]
+
+    def first_week_of(self, users: list[str]) -> date | None:
+        row = self.conn.execute(
+            "SELECT min(week_start) AS w FROM user_week_activity WHERE user_id = ANY(%s)",
+            (users,),
+        ).fetchone()
+        return row["w"] if row else None
+
+    def rebuild_users(self, users: list[str], at: datetime) -> dict[str, int]:
+        """Every day, week and streak of these users, afresh in their current zone."""
+        params = {"users": users, "at": at}
+        days = self._counts(rollups.activity_statement(DAY, users=True), params)
+        weeks = self._counts(rollups.activity_statement(WEEK, users=True), params)
+        streaks = self._counts(rollups.streaks_statement(users=True), params)
+        return {
+            "keys": days["keys"] + weeks["keys"] + streaks["keys"],
+            "written": days["written"] + weeks["written"] + streaks["written"],
+        }
+
     def latest_week(self) -> date | None:
         row = self.conn.execute("SELECT max(week_start) AS w FROM user_week_activity").fetchone()
         return row["w"] if row else None
@@ -257,6 +299,19 @@ class EtlRepository:
         return self.conn.execute(
             "SELECT * FROM community_backfills WHERE id = %s" + suffix, (backfill_id,)
         ).fetchone()
+
+    def waiting_backfills(self, stale: timedelta) -> list[UUID]:
+        """Backfills nobody is working on: queued, or running without progress for `stale`
+        (their invocation died)."""
+        rows = self.conn.execute(
+            """
+            SELECT id FROM community_backfills
+            WHERE status = 'queued' OR (status = 'running' AND updated_at < now() - %s)
+            ORDER BY requested_at
+            """,
+            (stale,),
+        ).fetchall()
+        return [r["id"] for r in rows]
 
     def update_backfill(self, backfill_id: UUID, **fields: Any) -> None:
         columns = ", ".join(f"{name} = %({name})s" for name in fields)
@@ -334,7 +389,7 @@ class CommunityReadRepository:
     ) -> tuple[list[Row], int]:
         """Friends of friends the user has never met, scored by mutual connections (share of the
         best candidate's), recency of the candidate's last tap with a mutual, and proximity
-        (same city 1, same region or country 0.5). Opted-out profiles are never suggested."""
+        (same city 1, same country 0.5). Opted-out profiles are never suggested."""
         rows = self.conn.execute(
             """
             WITH friends AS (

@@ -74,6 +74,16 @@ WEEK = Period(
 ZONE = "coalesce(z.timezone, 'UTC')"
 
 
+def local_start(day: str, zone: str) -> str:
+    """SQL of the first instant of a local date. `day::timestamp AT TIME ZONE zone` alone takes
+    the later of two midnights where clocks fall back across midnight (Atlantic/Azores); one
+    hour before midnight is never ambiguous there, and an hour after it is the first one."""
+    return (
+        f"least(({day})::timestamp AT TIME ZONE {zone}, "
+        f"((({day})::timestamp - interval '1 hour') AT TIME ZONE {zone}) + interval '1 hour')"
+    )
+
+
 def touched_keys(period: Period) -> str:
     """(user, period) pairs a window of received taps changes: the periods of both ends of each
     tap, and the periods of everyone who met one of its ends in the same local period (their
@@ -109,10 +119,30 @@ keys AS (
 """
 
 
-def activity_statement(period: Period, *, ranged: bool) -> str:
-    """Recompute the activity rows of the keys; a ranged rebuild also drops rows of its range
-    that no longer have taps (a user moved to another zone)."""
-    keys = ranged_keys(period) if ranged else touched_keys(period)
+def user_keys(period: Period) -> str:
+    """Every (user, period) of the users in %(users)s (their zone changed)."""
+    return f"""
+keys AS (
+    SELECT DISTINCT s.user_id, {period.of("s.time", ZONE)} AS period, {ZONE} AS tz
+    FROM tap_sides s LEFT JOIN profiles z ON z.address = s.user_id
+    WHERE s.user_id = ANY(%(users)s::text[])
+),
+"""
+
+
+def activity_statement(period: Period, *, ranged: bool = False, users: bool = False) -> str:
+    """Recompute the activity rows of the keys. A rebuild of a range (or of some users) also
+    drops the rows of that range (those users) that no longer have taps: a user moved to
+    another zone."""
+    if users:
+        keys = user_keys(period)
+        scope = "a.user_id = ANY(%(users)s::text[])"
+    elif ranged:
+        keys = ranged_keys(period)
+        scope = f"a.{period.column} BETWEEN %(p1)s::date AND %(p2)s::date"
+    else:
+        keys = touched_keys(period)
+        scope = ""
     week_columns = ", active_days" if period is WEEK else ""
     week_values = ", st.active_days" if period is WEEK else ""
     week_changed = ", a.active_days" if period is WEEK else ""
@@ -121,20 +151,20 @@ def activity_statement(period: Period, *, ranged: bool) -> str:
         f"""
 , pruned AS (
     DELETE FROM {period.table} a
-    WHERE a.{period.column} BETWEEN %(p1)s::date AND %(p2)s::date
+    WHERE {scope}
       AND NOT EXISTS (SELECT 1 FROM keys k
                       WHERE k.user_id = a.user_id AND k.period = a.{period.column})
     RETURNING 1
 )"""
-        if ranged
+        if scope
         else ""
     )
     return f"""
 WITH {keys}
 win AS (
     SELECT user_id, period, tz,
-           (period::timestamp AT TIME ZONE tz) AS s,
-           ((period + {period.length})::timestamp AT TIME ZONE tz) AS e
+           {local_start("period", "tz")} AS s,
+           {local_start(f"period + {period.length}", "tz")} AS e
     FROM keys
 ),
 direct AS (
@@ -211,35 +241,36 @@ leaving AS (
     GROUP BY user_a, user_b
 ),
 delta AS (
-    SELECT user_a, user_b, coalesce(e.plus, 0) - coalesce(l.minus, 0) AS change,
-           e.first_time, e.last_time
+    SELECT user_a, user_b, coalesce(e.plus, 0) AS plus,
+           coalesce(e.plus, 0) - coalesce(l.minus, 0) AS change, e.first_time, e.last_time
     FROM entering e FULL JOIN leaving l USING (user_a, user_b)
 ),
-faded AS (
+known AS (
     UPDATE edge_strength es
     SET taps_90d = es.taps_90d + d.change,
-        strength = tap_strength(es.taps_90d + d.change, es.last_tap_at, %(hi)s),
+        first_tap_at = least(es.first_tap_at, coalesce(d.first_time, es.first_tap_at)),
+        last_tap_at = greatest(es.last_tap_at, coalesce(d.last_time, es.last_tap_at)),
+        strength = tap_strength(es.taps_90d + d.change,
+                                greatest(es.last_tap_at, coalesce(d.last_time, es.last_tap_at)),
+                                %(hi)s),
         last_updated_at = now()
     FROM delta d
-    WHERE d.first_time IS NULL AND es.user_a = d.user_a AND es.user_b = d.user_b
+    WHERE es.user_a = d.user_a AND es.user_b = d.user_b
     RETURNING 1
 ),
+-- A pair seen for the first time has nothing leaving the window: its count is what entered.
 met AS (
-    INSERT INTO edge_strength AS es
+    INSERT INTO edge_strength
         (user_a, user_b, taps_90d, first_tap_at, last_tap_at, strength, last_updated_at)
-    SELECT user_a, user_b, change, first_time, last_time,
-           tap_strength(change, last_time, %(hi)s), now()
-    FROM delta WHERE first_time IS NOT NULL
-    ON CONFLICT (user_a, user_b) DO UPDATE
-    SET taps_90d = es.taps_90d + EXCLUDED.taps_90d,
-        first_tap_at = least(es.first_tap_at, EXCLUDED.first_tap_at),
-        last_tap_at = greatest(es.last_tap_at, EXCLUDED.last_tap_at),
-        strength = tap_strength(es.taps_90d + EXCLUDED.taps_90d,
-                                greatest(es.last_tap_at, EXCLUDED.last_tap_at), %(hi)s),
-        last_updated_at = now()
+    SELECT d.user_a, d.user_b, d.plus, d.first_time, d.last_time,
+           tap_strength(d.plus, d.last_time, %(hi)s), now()
+    FROM delta d
+    WHERE d.first_time IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM edge_strength es
+                      WHERE es.user_a = d.user_a AND es.user_b = d.user_b)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM met) + (SELECT count(*) FROM faded) AS written
+SELECT (SELECT count(*) FROM met) + (SELECT count(*) FROM known) AS written
 """
 
 # A rebuild: every pair with a tap in [%(t1)s, %(t2)s), counted afresh over the window the
@@ -293,14 +324,26 @@ touched_users AS (
 """
 
 
-def streaks_statement(*, ranged: bool) -> str:
+STREAK_USERS_LISTED = f"""
+touched_users AS (
+    SELECT DISTINCT s.user_id, {ZONE} AS tz, NULL::date AS min_day, true AS full_scan
+    FROM tap_sides s LEFT JOIN profiles z ON z.address = s.user_id
+    WHERE s.user_id = ANY(%(users)s::text[])
+),
+"""
+
+
+def streaks_statement(*, ranged: bool = False, users: bool = False) -> str:
     """Runs of consecutive active days. A user's days are scanned from the start of the run
     they were on, when the new days cannot join an older run; otherwise (a late tap filling an
     old gap, a rebuild) all of them. Days only ever become active, so runs only grow and the
     stored longest run is still a lower bound for a partial scan."""
-    users = STREAK_USERS_RANGED if ranged else STREAK_USERS_BY_RECEIPT
+    if users:
+        chosen = STREAK_USERS_LISTED
+    else:
+        chosen = STREAK_USERS_RANGED if ranged else STREAK_USERS_BY_RECEIPT
     return f"""
-WITH {users}
+WITH {chosen}
 plan AS (
     SELECT u.user_id, u.tz, st.longest_streak AS old_longest,
            CASE
@@ -443,6 +486,13 @@ written AS (
        OR (up.completed_at IS NULL AND EXCLUDED.completed_at IS NOT NULL)
     RETURNING 1
 ),
+pruned AS (  -- weeks a user no longer has (they moved zone); a paid reward stays in the ledger
+    DELETE FROM user_quest_progress up
+    WHERE up.period_start BETWEEN %(p1)s AND %(p2)s
+      AND NOT EXISTS (SELECT 1 FROM user_week_activity w
+                      WHERE w.user_id = up.user_id AND w.week_start = up.period_start)
+    RETURNING 1
+),
 paid AS (
     INSERT INTO points_ledger
         (wallet_address, points, source_kind, source_id, rule_version, metadata)
@@ -475,7 +525,8 @@ credited AS (
         points_updated_at = now(), updated_at = now()
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM progress) AS keys, (SELECT count(*) FROM written) AS written,
+SELECT (SELECT count(*) FROM progress) AS keys,
+       (SELECT count(*) FROM written) + (SELECT count(*) FROM pruned) AS written,
        (SELECT count(*) FROM paid) AS completions,
        (SELECT coalesce(sum(points), 0) FROM paid)::bigint AS points
 """

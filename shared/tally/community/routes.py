@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
+from aws_lambda_powertools import Logger
 from fastapi import APIRouter, Path, Query, Response, status
 
 from tally.api.deps import access, caller
@@ -34,6 +35,7 @@ TzParam = Annotated[str | None, Query(max_length=64, description="IANA zone, e.g
 Debug = Annotated[bool, Query(description="1 adds the boundaries and counts used")]
 
 router = APIRouter(tags=["community"])
+logger = Logger(child=True)
 
 
 def _zone(tz: str | None) -> str | None:
@@ -120,7 +122,10 @@ def get_health(
 )
 def post_backfill(body: BackfillIn, principal: Principal = caller(Role.ADMIN)) -> BackfillOut:
     request = etl.request_backfill(body.from_day, body.to_day, principal.subject)
-    start_backfill(request.id)
+    try:
+        start_backfill(request.id)
+    except Exception:  # queued: the next nightly run starts it
+        logger.exception("Could not hand the backfill over", extra={"backfill": str(request.id)})
     return request
 
 

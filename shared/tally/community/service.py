@@ -140,7 +140,9 @@ def weekly(
     with read_snapshot() as conn:
         repo = CommunityReadRepository(conn)
         zone = _zone(repo, user_id, tz)
-        week_start = _week_start(now, zone)
+        # Weeks are kept in the user's own zone; tz only changes how times are shown.
+        own_zone = _zone(repo, user_id, None)
+        week_start = _week_start(now, own_zone)
         row = repo.week(user_id, week_start)
         streak = repo.streak(user_id, now)
         board = repo.weekly_board(week_start, board_limit)
@@ -153,11 +155,13 @@ def weekly(
     if streak:
         me.current_streak = streak["current_streak"]
         me.longest_streak = streak["longest_streak"]
-    start = datetime.combine(week_start, datetime.min.time(), ZoneInfo(zone))
+    start = datetime.combine(week_start, datetime.min.time(), ZoneInfo(own_zone))
+    end = datetime.combine(week_start + timedelta(days=7), datetime.min.time(), ZoneInfo(own_zone))
     info = (
         {
-            "week_start": start.isoformat(),
-            "week_end": (start + timedelta(days=7)).isoformat(),
+            "week_start": start.astimezone(ZoneInfo(zone)).isoformat(),
+            "week_end": end.astimezone(ZoneInfo(zone)).isoformat(),
+            "user_zone": own_zone,
             "board_entries": board_size,
             "candidates_considered": considered,
             "weights": {
@@ -215,10 +219,11 @@ def quests(user_id: str, tz: str | None, debug: bool, now: datetime | None = Non
         for r in rows
     ]
     start = datetime.combine(period, datetime.min.time(), ZoneInfo(own_zone))
+    end = datetime.combine(period + timedelta(days=7), datetime.min.time(), ZoneInfo(own_zone))
     info = (
         {
-            "period_start": start.isoformat(),
-            "period_end": (start + timedelta(days=7)).isoformat(),
+            "period_start": start.astimezone(ZoneInfo(zone)).isoformat(),
+            "period_end": end.astimezone(ZoneInfo(zone)).isoformat(),
             "user_zone": own_zone,
             "active_quests": len(rows),
         }

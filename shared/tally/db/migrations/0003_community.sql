@@ -15,6 +15,17 @@ CREATE TABLE profiles (
 );
 CREATE INDEX idx_profiles_updated_at ON profiles (updated_at);
 
+-- A zone this server cannot use would stop every rollup that touches the user: refuse it here
+-- (22023, a client error) rather than at 2 a.m.
+CREATE FUNCTION profiles_check_timezone() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM now() AT TIME ZONE NEW.timezone;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER trg_profiles_check_timezone
+    BEFORE INSERT OR UPDATE OF timezone ON profiles
+    FOR EACH ROW EXECUTE FUNCTION profiles_check_timezone();
+
 -- One row when two users interact. client_tap_id makes a resent batch harmless; received_at
 -- (the clock when the row was written) is what the nightly job's watermark follows, so a tap
 -- that arrives late for an old day is still rolled up.
