@@ -535,6 +535,41 @@ def test_a_backfill_that_finds_the_job_running_waits_for_it(
     assert etl.get_backfill(request.id).status == "done"
 
 
+def test_a_first_install_over_history_equals_the_nightly_runs(
+    db: psycopg.Connection[Any],
+) -> None:
+    zone(db, "a", "America/New_York")
+    add_taps(
+        db,
+        [
+            (f"u{i % 5}" if i % 3 else "a", f"u{(i * 7 + 2) % 5}", T0 + timedelta(hours=9 * i))
+            for i in range(300)
+            if (f"u{i % 5}" if i % 3 else "a") != f"u{(i * 7 + 2) % 5}"
+        ],
+    )
+    end = T0 + timedelta(days=120)
+    rebuilt = etl.rebuild_all(horizon=end)
+    assert rebuilt.complete
+    marks = db.execute("SELECT DISTINCT received_upto FROM etl_watermarks").fetchall()
+    assert marks == [{"received_upto": end}]
+    from_scratch = rollups(db)
+    ledger = db.execute("SELECT source_id, points FROM points_ledger ORDER BY 1").fetchall()
+    assert from_scratch["edge_strength"] and from_scratch["weekly_leaderboard"]
+    _truncate(db)
+    add_taps(
+        db,
+        [
+            (f"u{i % 5}" if i % 3 else "a", f"u{(i * 7 + 2) % 5}", T0 + timedelta(hours=9 * i))
+            for i in range(300)
+            if (f"u{i % 5}" if i % 3 else "a") != f"u{(i * 7 + 2) % 5}"
+        ],
+    )
+    zone(db, "a", "America/New_York")
+    nightly(end)
+    assert rollups(db) == from_scratch
+    assert db.execute("SELECT source_id, points FROM points_ledger ORDER BY 1").fetchall() == ledger
+
+
 def test_the_handler_hands_an_unfinished_backfill_to_a_fresh_invocation(
     db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     community_stage_timeout_ms: int = Field(
         300_000, validation_alias="COMMUNITY_STAGE_TIMEOUT_MS", ge=1000
     )
+    community_work_mem_mb: int = Field(
+        256,
+        validation_alias="COMMUNITY_WORK_MEM_MB",
+        ge=4,
+        le=4096,
+        description="work_mem of the ETL's transactions: its sorts and hashes stay in memory.",
+    )
     community_backfill_chunk_days: int = Field(
         7, validation_alias="COMMUNITY_BACKFILL_CHUNK_DAYS", ge=1, le=366
     )

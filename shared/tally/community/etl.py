@@ -68,7 +68,9 @@ def rezone(horizon: datetime) -> StageResult | None:
             return None
         users = repo.rezoned_users()
         if users:
-            repo.set_timeout(get_settings().community_stage_timeout_ms)
+            repo.configure(
+                get_settings().community_stage_timeout_ms, get_settings().community_work_mem_mb
+            )
             at = repo.watermarks().get("streaks") or horizon
             before = repo.first_week_of(users)
             counts = repo.rebuild_users(users, at)
@@ -139,7 +141,7 @@ def _step(stage: Stage, horizon: datetime, settings: Settings) -> _Step | None:
         repo = EtlRepository(conn)
         if not repo.try_lock():
             return None
-        repo.set_timeout(settings.community_stage_timeout_ms)
+        repo.configure(settings.community_stage_timeout_ms, settings.community_work_mem_mb)
         mark = repo.watermark(stage.name)
         bound = horizon
         if stage.after:
@@ -175,8 +177,11 @@ def _out_of_time(remaining_ms: RemainingMs | None, settings: Settings) -> bool:
     return remaining_ms() < needed
 
 
-def _record(result: StageResult, started: float, mode: str) -> None:
-    result.seconds = round(time.perf_counter() - started, 3)
+def _record(result: StageResult, started: float | None, mode: str) -> None:
+    """Log and measure a finished stage (timed from `started`, or already timed)."""
+    if started is not None:
+        result.seconds = time.perf_counter() - started
+    result.seconds = round(result.seconds, 3)
     logger.info("Community ETL stage finished", extra={"mode": mode, **result.model_dump()})
     dimensioned_metrics(
         "stage",
@@ -277,7 +282,7 @@ def _locked_step(fn: Callable[[EtlRepository], dict[str, int]]) -> dict[str, int
         repo = EtlRepository(conn)
         if not repo.try_lock():
             return None
-        repo.set_timeout(settings.community_stage_timeout_ms)
+        repo.configure(settings.community_stage_timeout_ms, settings.community_work_mem_mb)
         return fn(repo)
 
 
@@ -327,29 +332,37 @@ def _backfill(
     settings = get_settings()
     chunk = timedelta(days=settings.community_backfill_chunk_days)
     stages = {name: StageResult(stage=name) for name in ("days", "weeks")}
-    started = time.perf_counter()
     while next_day <= last:
         if _out_of_time(remaining_ms, settings):
             result.complete = False
-            result.stages = list(stages.values())
+            result.stages.extend(stages.values())
             return result
         c1, c2 = next_day, min(last, next_day + chunk - timedelta(days=1))
+        # Each week once: the chunk holding its Monday does it (the first chunk also takes the
+        # week it starts in). A week is computed from the taps, not from the day rows.
+        w1 = _monday(c1) if c1 == first else _monday(c1 + timedelta(days=6))
+        w2 = _monday(c2)
 
-        def chunk_step(repo: EtlRepository, c1: date = c1, c2: date = c2) -> dict[str, int]:
-            days = repo.rebuild_activity(False, c1, c2)
-            weeks = repo.rebuild_activity(True, _monday(c1), _monday(c2))
-            repo.update_backfill(backfill_id, next_day=c2 + timedelta(days=1))
-            for name, counts in (("days", days), ("weeks", weeks)):
+        def chunk_step(
+            repo: EtlRepository, c1: date = c1, c2: date = c2, w1: date = w1, w2: date = w2
+        ) -> dict[str, int]:
+            for name, (p1, p2) in (("days", (c1, c2)), ("weeks", (w1, w2))):
+                if p1 > p2:
+                    continue
+                began = time.perf_counter()
+                counts = repo.rebuild_activity(name == "weeks", p1, p2)
+                stages[name].seconds += time.perf_counter() - began
                 stages[name].chunks += 1
                 stages[name].keys += counts["keys"]
                 stages[name].written += counts["written"]
-            return days
+            repo.update_backfill(backfill_id, next_day=c2 + timedelta(days=1))
+            return {}
 
         if _locked_step(chunk_step) is None:
             return _requeue(backfill_id, result)
         next_day = c2 + timedelta(days=1)
     for stage_result in stages.values():
-        _record(stage_result, started, "backfill")
+        _record(stage_result, None, "backfill")
         result.stages.append(stage_result)
 
     surge_upto = marks.get("surges") or horizon
@@ -448,3 +461,24 @@ def run(params: CommunityEtlInput, remaining_ms: RemainingMs | None = None) -> E
         how = start_backfill(params.backfill_id)
         logger.info("Backfill continues", extra={"backfill": str(params.backfill_id), "how": how})
     return result
+
+
+def rebuild_all(horizon: datetime | None = None, requested_by: str | None = None) -> EtlResult:
+    """Derive every rollup from all the taps: a first install over existing history, or after
+    a change to the rules. Stages that never ran start at the horizon, and a backfill of every
+    day with taps does the work, a chunk of days per transaction."""
+    settings = get_settings()
+    with transaction() as conn:
+        repo = EtlRepository(conn)
+        if not repo.try_lock():
+            return EtlResult(mode="backfill", ran=False, complete=False)
+        if horizon is None:
+            horizon = repo.horizon(timedelta(seconds=settings.community_etl_lag_s))
+        repo.start_watermarks(horizon, horizon - EDGE_WINDOW)
+        span = repo.tap_days()
+    if span is None:
+        return EtlResult(mode="backfill", horizon=horizon)
+    first, last = span
+    return backfill_now(
+        first - timedelta(days=1), last + timedelta(days=1), requested_by or "rebuild"
+    )

@@ -87,8 +87,10 @@ class EtlRepository:
         ).fetchone()
         return bool(row and row["ok"])
 
-    def set_timeout(self, ms: int) -> None:
-        self.conn.execute(f"SET LOCAL statement_timeout = {int(ms)}")
+    def configure(self, timeout_ms: int, work_mem_mb: int) -> None:
+        """This transaction's statement timeout and work_mem (batch sorts stay in memory)."""
+        self.conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        self.conn.execute(f"SET LOCAL work_mem = '{int(work_mem_mb)}MB'")
 
     def horizon(self, lag: timedelta) -> datetime:
         """The newest instant every tap received before has committed: `lag` ago, and no later
@@ -130,6 +132,28 @@ class EtlRepository:
             """,
             (upto, window_start, rows, stage),
         )
+
+    def start_watermarks(self, horizon: datetime, window_start: datetime) -> None:
+        """Stages that never ran begin at the horizon (a rebuild covers what came before)."""
+        self.conn.execute(
+            """
+            UPDATE etl_watermarks
+            SET received_upto = %s,
+                window_start = CASE WHEN stage = 'edges' THEN %s END
+            WHERE received_upto IS NULL
+            """,
+            (horizon, window_start),
+        )
+
+    def tap_days(self) -> tuple[date, date] | None:
+        """The UTC dates of the first and last tap."""
+        row = self.conn.execute(
+            "SELECT (min(time) AT TIME ZONE 'UTC')::date AS first, "
+            "(max(time) AT TIME ZONE 'UTC')::date AS last FROM taps"
+        ).fetchone()
+        if not row or row["first"] is None:
+            return None
+        return row["first"], row["last"]
 
     def first_received(self) -> datetime | None:
         row = self.conn.execute("SELECT min(received_at) AS first FROM taps").fetchone()

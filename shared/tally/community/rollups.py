@@ -180,13 +180,16 @@ stats AS (
            count(DISTINCT (time AT TIME ZONE tz)::date)::int AS active_days
     FROM direct GROUP BY user_id, period
 ),
-firsts AS (
+firsts AS (  -- one index probe per pair met (LIMIT 1 keeps it a probe, never a hash of taps)
     SELECT m.user_id, m.period, count(*)::int AS new_connections
     FROM met m
-    WHERE NOT EXISTS (
-        SELECT 1 FROM taps x
+    LEFT JOIN LATERAL (
+        SELECT 1 AS seen FROM taps x
         WHERE x.user_a = least(m.user_id, m.other_id)
-          AND x.user_b = greatest(m.user_id, m.other_id) AND x.time < m.s)
+          AND x.user_b = greatest(m.user_id, m.other_id) AND x.time < m.s
+        LIMIT 1
+    ) earlier ON true
+    WHERE earlier.seen IS NULL
     GROUP BY m.user_id, m.period
 ),
 second AS (

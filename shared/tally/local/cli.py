@@ -148,7 +148,9 @@ def cmd_community(args: argparse.Namespace, root: Path) -> int:
 
     prepare_environment(root)
     _migrate()
-    if args.from_day or args.to_day:
+    if args.rebuild:
+        result = etl.rebuild_all(requested_by="tally command")
+    elif args.from_day or args.to_day:
         if not (args.from_day and args.to_day):
             print("--from and --to go together", file=sys.stderr)
             return 2
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     com.add_argument("--from", dest="from_day", type=date.fromisoformat, metavar="YYYY-MM-DD")
     com.add_argument("--to", dest="to_day", type=date.fromisoformat, metavar="YYYY-MM-DD")
+    com.add_argument("--rebuild", action="store_true", help="derive every rollup from all the taps")
     com.set_defaults(run=cmd_community)
 
     tok = sub.add_parser("token", help="print a locally signed bearer token")
