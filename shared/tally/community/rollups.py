@@ -50,7 +50,7 @@ class Period:
     column: str
     trunc: str  # SQL of the period start (a date) holding {t} for a user in zone {z}
     length: str  # SQL interval
-    slack: str  # two moments in one period are less than this apart
+    unit: str  # date_trunc unit of the period in UTC ('day', 'week')
 
     def of(self, moment: str, zone: str) -> str:
         return self.trunc.format(t=moment, z=zone)
@@ -61,14 +61,14 @@ DAY = Period(
     column="day",
     trunc="(({t}) AT TIME ZONE {z})::date",
     length="interval '1 day'",
-    slack="interval '26 hours'",
+    unit="day",
 )
 WEEK = Period(
     table="user_week_activity",
     column="week_start",
     trunc="date_trunc('week', ({t}) AT TIME ZONE {z})::date",
     length="interval '7 days'",
-    slack="interval '8 days'",
+    unit="week",
 )
 
 ZONE = "coalesce(z.timezone, 'UTC')"
@@ -94,13 +94,24 @@ own AS (
     SELECT DISTINCT t.user_id, {period.of("t.time", ZONE)} AS period, {ZONE} AS tz
     FROM touched t LEFT JOIN profiles z ON z.address = t.user_id
 ),
+-- One index range per user and UTC {period.unit} of new taps, not one per tap: every local
+-- {period.unit} holding one of them, in any zone (UTC-12 to UTC+14), lies inside it.
+spans AS (
+    SELECT user_id, min(time) AS t0, max(time) AS t1,
+           (date_trunc('{period.unit}', (min(time) AT TIME ZONE 'UTC') - interval '12 hours')
+                AT TIME ZONE 'UTC') - interval '14 hours' AS lo,
+           ((date_trunc('{period.unit}', (max(time) AT TIME ZONE 'UTC') + interval '14 hours')
+                + {period.length}) AT TIME ZONE 'UTC') + interval '12 hours' AS hi
+    FROM touched
+    GROUP BY user_id, date_trunc('{period.unit}', time)
+),
 neighbours AS (
     SELECT DISTINCT s.other_id AS user_id, {period.of("s.time", ZONE)} AS period, {ZONE} AS tz
-    FROM (SELECT DISTINCT user_id, time FROM touched) t
-    JOIN tap_sides s ON s.user_id = t.user_id
-        AND s.time > t.time - {period.slack} AND s.time < t.time + {period.slack}
+    FROM spans t
+    JOIN tap_sides s ON s.user_id = t.user_id AND s.time >= t.lo AND s.time < t.hi
     LEFT JOIN profiles z ON z.address = s.other_id
-    WHERE {period.of("s.time", ZONE)} = {period.of("t.time", ZONE)}
+    WHERE {period.of("s.time", ZONE)}
+          BETWEEN {period.of("t.t0", ZONE)} AND {period.of("t.t1", ZONE)}
 ),
 keys AS (SELECT * FROM own UNION SELECT * FROM neighbours),
 """
