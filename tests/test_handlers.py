@@ -16,10 +16,11 @@ import pytest
 
 from tally.community import etl
 from tally.community import service as community
-from tally.community.models import TapBatchIn
+from tally.community.models import ProfileIn, TapBatchIn
 from tally.leaderboards import service as leaderboards
 from tally.leaderboards.models import SeasonIn
 from tally.local import template as template_mod
+from tally.matchmaking import service as matchmaking
 from tally.local.invoke import invoke
 from tally.points import service
 from tally.points.models import VerificationIn
@@ -85,6 +86,12 @@ def seed_from_events(event_name: str = "") -> None:
     taps = TapBatchIn.model_validate_json(load_event("community_api_post_taps.json")["body"])
     community.record_taps(taps)
     etl.run_nightly(horizon=datetime.now(UTC) + timedelta(seconds=1))
+    # Members to match and vote: the sample events' voter and a few others.
+    for i in range(1, 16):
+        address = f"0x5eed{i:036x}"
+        community.put_profile(address, ProfileIn(attributes={"interests": ["birdsong"]}))
+    matchmaking.generate_matches()
+    matchmaking.create_proposals()
 
 
 def wait_for_backfills(conn: psycopg.Connection[Any], timeout_s: float = 60) -> None:

@@ -121,8 +121,53 @@ class Settings(BaseSettings):
         validation_alias="COMMUNITY_ETL_FUNCTION",
         description="The ETL Lambda a backfill is handed to; unset locally (a thread runs it).",
     )
+    match_preset: Literal["small", "medium", "large"] = Field(
+        "small",
+        validation_alias="MATCH_PRESET",
+        description="The guide's scale presets: 50 queued / 10 voting, 200 / 50, 1000 / 200.",
+    )
+    match_queue_low: int | None = Field(None, validation_alias="MATCH_QUEUE_LOW", ge=0)
+    match_queue_target: int | None = Field(None, validation_alias="MATCH_QUEUE_TARGET", ge=1)
+    match_active_low: int | None = Field(None, validation_alias="MATCH_ACTIVE_LOW", ge=0)
+    match_active_target: int | None = Field(None, validation_alias="MATCH_ACTIVE_TARGET", ge=1)
+    match_voters_per_proposal: int = Field(
+        10, validation_alias="MATCH_VOTERS_PER_PROPOSAL", ge=1, le=100
+    )
+    match_voting_minutes: int = Field(10, validation_alias="MATCH_VOTING_MINUTES", ge=1)
+    match_approve_at: int = Field(5, validation_alias="MATCH_APPROVE_AT", ge=1)
+    match_reject_at: int = Field(5, validation_alias="MATCH_REJECT_AT", ge=1)
+    match_scorer: str = Field(
+        "tally.matchmaking.scoring:SharedInterestsScorer",
+        validation_alias="MATCH_SCORER",
+        description="module:Class of the compatibility scorer.",
+    )
+    match_candidate_sample: int = Field(
+        400, validation_alias="MATCH_CANDIDATE_SAMPLE", ge=2, le=5000
+    )
+    match_reject_cooldown_days: int = Field(30, validation_alias="MATCH_REJECT_COOLDOWN_DAYS", ge=0)
+    match_stuck_minutes: int = Field(5, validation_alias="MATCH_STUCK_MINUTES", ge=1)
+
     surge_factor: float = Field(2.0, validation_alias="SURGE_FACTOR", gt=1.0, le=100.0)
     surge_min_taps: int = Field(10, validation_alias="SURGE_MIN_TAPS", ge=1)
+
+
+MATCH_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    # queue low-water mark, queue target, voting low-water mark, voting target
+    "small": (50, 75, 10, 12),
+    "medium": (200, 300, 50, 60),
+    "large": (1000, 1500, 200, 240),
+}
+
+
+def match_bands(settings: Settings) -> tuple[int, int, int, int]:
+    """The queue and voting bands: the preset, with any explicit setting winning."""
+    queue_low, queue_target, active_low, active_target = MATCH_PRESETS[settings.match_preset]
+    return (
+        settings.match_queue_low if settings.match_queue_low is not None else queue_low,
+        settings.match_queue_target or queue_target,
+        settings.match_active_low if settings.match_active_low is not None else active_low,
+        settings.match_active_target or active_target,
+    )
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""Matchmaking decided by community vote (seed 002)."""
