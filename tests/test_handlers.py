@@ -20,8 +20,8 @@ from tally.community.models import ProfileIn, TapBatchIn
 from tally.leaderboards import service as leaderboards
 from tally.leaderboards.models import SeasonIn
 from tally.local import template as template_mod
-from tally.matchmaking import service as matchmaking
 from tally.local.invoke import invoke
+from tally.matchmaking import service as matchmaking
 from tally.points import service
 from tally.points.models import VerificationIn
 from tally.settings import reset_settings
