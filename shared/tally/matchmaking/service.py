@@ -132,21 +132,18 @@ def generate_matches() -> JobOutcome:
 def distribute_voters(
     proposals: list[Row], pool: list[str], per_proposal: int
 ) -> list[tuple[UUID, str]]:
-    """Voters for new proposals: the pool is least-loaded first (random among equals) and is
-    dealt out in order, so nobody gets a second assignment before everyone in the pool has one;
-    never one of the pair, never twice on one proposal."""
+    """Voters for new proposals. The pool comes least-loaded first (random among equals); each
+    proposal takes the members given the fewest assignments in this run so far, in pool order,
+    so loads never drift more than one apart. Never one of the pair, never twice on one."""
+    given = dict.fromkeys(pool, 0)
+    rank = {voter: i for i, voter in enumerate(pool)}
     assignments: list[tuple[UUID, str]] = []
-    position = 0
     for proposal in proposals:
         pair = {proposal["user_a_address"], proposal["user_b_address"]}
-        chosen: list[str] = []
-        for _ in range(len(pool)):
-            if len(chosen) == per_proposal:
-                break
-            voter = pool[position % len(pool)]
-            position += 1
-            if voter not in pair and voter not in chosen:
-                chosen.append(voter)
+        eligible = [voter for voter in pool if voter not in pair]
+        chosen = sorted(eligible, key=lambda voter: (given[voter], rank[voter]))[:per_proposal]
+        for voter in chosen:
+            given[voter] += 1
         assignments += [(proposal["id"], voter) for voter in chosen]
     return assignments
 
@@ -233,7 +230,7 @@ def vote(proposal_id: UUID, voter: str, choice: str) -> VoteOut:
             raise Conflict(
                 f"Voting on this proposal is closed ({proposal['status']})",
                 code="voting_closed",
-                status=proposal["status"],
+                proposal_status=proposal["status"],
             )
         if not repo.is_assigned(proposal_id, voter):
             raise Forbidden("Only voters assigned to this proposal may vote", code="not_assigned")
