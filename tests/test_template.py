@@ -667,3 +667,40 @@ def test_built_layer_binaries_are_for_the_lambda_runtime(
             assert _elf_machine(so) == EM_AARCH64, f"{so.name} is not built for aarch64"
             if ".cpython-" in so.name:
                 assert abi in so.name, f"{so.name} is not built for {runtime}"
+
+
+def test_the_guides_matchmaking_alerts_are_alarms(cfn: dict[str, Any]) -> None:
+    alarms = _resources_of(cfn, "AWS::CloudWatch::Alarm")
+    by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values()}
+    queue = by_metric["MatchQueueDepth"]
+    assert (queue["Threshold"], queue["ComparisonOperator"]) == (30, "LessThanThreshold")
+    assert "WARNING" in queue["AlarmDescription"]
+    active = by_metric["MatchActiveVoting"]
+    assert (active["Threshold"], active["ComparisonOperator"]) == (5, "LessThanThreshold")
+    assert "CRITICAL" in active["AlarmDescription"]
+    down = by_metric["MatchMetricsRecorded"]
+    assert (down["Period"], down["EvaluationPeriods"], down["Statistic"]) == (600, 1, "SampleCount")
+    assert down["TreatMissingData"] == "breaching"
+    for alarm in by_metric.values():
+        assert alarm["Namespace"] == "Tally"
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "tally"}]
+        assert alarm["AlarmActions"] == [{"Ref": "OperationsAlarmsTopic"}]
+
+
+def test_matchmaking_jobs_emit_the_metrics_the_alarms_watch(
+    db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tally.local.invoke import invoke
+
+    invoke(load_template(TEMPLATE), "ExpiryHandlerFunction", {})
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    names = {
+        m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
+    }
+    assert {"MatchQueueDepth", "MatchActiveVoting", "MatchMetricsRecorded"} <= names
+    dims = {
+        tuple(d) for blob in emf for m in blob["_aws"]["CloudWatchMetrics"] for d in m["Dimensions"]
+    }
+    assert ("service",) in dims
