@@ -148,6 +148,8 @@ def test_2_proposals_in_voting_stay_within_their_band(db: psycopg.Connection[Any
 def test_3_a_voter_votes_twenty_times_and_always_has_a_next_match(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
+    """The community votes too, and the jobs run every minute, as in a live system: one member
+    voting twenty times in a row always gets a next match, and the bands hold."""
     addresses = members(db, 30)
     service.generate_matches()
     service.create_proposals()
@@ -166,7 +168,48 @@ def test_3_a_voter_votes_twenty_times_and_always_has_a_next_match(
             headers=auth(voter, "user"),
         )
         assert cast.status_code == 200, (i, cast.text)
+        if i % 4 == 3:  # a minute passes: others decide what the voter voted on; jobs run
+            decided_by_voter = [p for p in voting(db) if str(p["id"]) in seen]
+            for open_one in decided_by_voter:
+                others = [v for v in assigned_voters(db, open_one["id"]) if v != voter]
+                for other in others[: 5 - open_one["yes_votes"]]:
+                    service.vote(open_one["id"], other, "yes")
+            service.expire_proposals()
+            service.generate_matches()
+            service.create_proposals()
+        assert count(db, ACTIVE_VOTING) <= 12
     assert db.execute(DUPLICATES).fetchall() == []
+
+
+def test_only_members_get_matches(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+    addresses = members(db, 30)
+    service.generate_matches()
+    service.create_proposals()
+    stranger = client.get("/api/matches/next", headers=auth("0xnobody", "user"))
+    assert stranger.status_code == 403 and stranger.json()["code"] == "not_a_member"
+    db.execute("UPDATE profiles SET opt_in = false WHERE address = %s", (addresses[1],))
+    opted_out = client.get("/api/matches/next", headers=auth(addresses[1], "user"))
+    assert opted_out.status_code == 403
+
+
+def test_next_never_pushes_voting_past_its_band(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    addresses = members(db, 30)
+    service.generate_matches()
+    service.create_proposals()
+    for voter in addresses[:6]:
+        for _ in range(14):
+            nxt = client.get("/api/matches/next", headers=auth(voter, "user"))
+            if nxt.status_code == 404:
+                break
+            assert nxt.status_code == 200
+            client.post(
+                f"/api/proposals/{nxt.json()['proposal']['id']}/votes",
+                json={"vote": "no"},
+                headers=auth(voter, "user"),
+            )
+    assert count(db, ACTIVE_VOTING) <= 12
 
 
 def test_4_an_expired_proposal_is_finalized_by_the_next_run(db: psycopg.Connection[Any]) -> None:
@@ -235,6 +278,26 @@ def test_5_no_duplicates_with_two_of_every_job_at_once(db: psycopg.Connection[An
             "compatibility_score, voters_target) VALUES (%s, %s, %s, 0.5, 10)",
             (live["user_a_address"], live["user_b_address"], live["pair_hash"]),
         )
+
+
+def test_without_the_locks_the_database_still_refuses_duplicates(
+    db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advisory locks keep the bands; the claims and SKIP LOCKED keep the data right even
+    when three of every job run at once without them."""
+    from tally.matchmaking.repository import MatchRepository
+
+    monkeypatch.setattr(MatchRepository, "try_lock", lambda self, key: True)
+    members(db, 14)
+    for _ in range(2):
+        run_concurrently(service.generate_matches, times=3)
+        run_concurrently(service.create_proposals, times=3)
+        assert db.execute(DUPLICATES).fetchall() == []
+        expire_all(db)
+        due = count(db, ACTIVE_VOTING)
+        results = run_concurrently(service.expire_proposals, times=3)
+        assert sum(r.detail["approved"] + r.detail["rejected"] for r in results) == due
+        assert count(db, ACTIVE_VOTING) == 0
 
 
 # -- votes -------------------------------------------------------------------------------------
@@ -358,8 +421,11 @@ def test_health_and_the_guides_queries(client: httpx.Client, db: psycopg.Connect
     assert stuck["system_status"] == "UNHEALTHY" and stuck["stuck_proposals"] == 12
 
 
-def test_no_matches_available_only_when_everything_is_empty(client: httpx.Client) -> None:
-    response = client.get("/api/matches/next", headers=auth("lonely", "user"))
+def test_no_matches_available_only_when_everything_is_empty(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    members(db, 1)
+    response = client.get("/api/matches/next", headers=auth("0xm0000", "user"))
     assert response.status_code == 404 and response.json()["code"] == "no_matches_available"
 
 

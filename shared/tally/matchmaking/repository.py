@@ -190,6 +190,9 @@ class MatchRepository:
                 WHERE consumed_at IS NULL
                   AND (%(avoid)s::text IS NULL
                        OR %(avoid)s::text NOT IN (user_a_address, user_b_address))
+                  AND NOT EXISTS (SELECT 1 FROM profiles m  -- someone opted out since
+                                  WHERE m.address IN (user_a_address, user_b_address)
+                                    AND NOT m.opt_in)
                 ORDER BY compatibility_score DESC, id
                 LIMIT %(count)s
                 FOR UPDATE SKIP LOCKED
@@ -259,7 +262,7 @@ class MatchRepository:
                 SET status = CASE WHEN p.yes_votes > p.no_votes THEN 'approved'
                                   ELSE 'rejected' END,
                     finalized_at = now(), finalized_by = 'expiry'
-                FROM due WHERE p.id = due.id
+                FROM due WHERE p.id = due.id AND p.status = 'voting'
                 RETURNING p.id, p.status, p.pair_hash, p.user_a_address, p.user_b_address
             ), talks AS (
                 INSERT INTO conversations (proposal_id, user_a_address, user_b_address)
@@ -321,14 +324,23 @@ class MatchRepository:
         return row["proposal_id"] if row else None
 
     def proposal(self, proposal_id: UUID, *, lock: bool = False) -> Row | None:
+        """The proposal, and whether it takes votes now (by the database's clock, the one the
+        expiry handler goes by)."""
         suffix = " FOR UPDATE" if lock else ""
         return self.conn.execute(
             "SELECT "
             + PROPOSAL_COLUMNS
-            + ", p.pair_hash FROM match_proposals p WHERE p.id = %s"
-            + suffix,
+            + ", p.pair_hash, (p.status = 'voting' AND p.voting_expires_at > now()) AS open "
+            "FROM match_proposals p WHERE p.id = %s" + suffix,
             (proposal_id,),
         ).fetchone()
+
+    def is_member(self, address: str) -> bool:
+        """Voters are members: a profile that has not opted out."""
+        row = self.conn.execute(
+            "SELECT 1 AS ok FROM profiles WHERE address = %s AND opt_in", (address,)
+        ).fetchone()
+        return row is not None
 
     def is_assigned(self, proposal_id: UUID, voter: str) -> bool:
         row = self.conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from itertools import combinations
 from typing import Any
@@ -195,17 +195,24 @@ def expire_proposals() -> JobOutcome:
 
 
 def next_match(voter: str) -> NextMatchOut:
-    """The voter's next assigned, unvoted proposal; else one assigned now from proposals in
-    voting; else a queued pair opened for voting now. 404 only when all three are empty."""
+    """The voter's next assigned, unvoted proposal; else one assigned now from the proposals
+    still undecided (fewest voters first); else, when fewer than the target are in voting, a
+    queued pair opened now (under the proposal creator's lock, so the band holds). 404 only when
+    none of these has anything for this voter."""
+    _, _, _, active_target = match_bands(get_settings())
     with transaction() as conn:
         repo = MatchRepository(conn)
+        if not repo.is_member(voter):
+            raise Forbidden(
+                "Only members (a profile that has not opted out) vote", code="not_a_member"
+            )
         row = repo.next_assigned(voter)
         how = "assigned"
         if row is None:
             proposal_id = repo.assign_on_the_spot(voter, SPOT_MARGIN)
             row = repo.proposal(proposal_id) if proposal_id else None
             how = "assigned_now"
-        if row is None:
+        if row is None and repo.try_lock(CREATOR_LOCK) and repo.active_voting() < active_target:
             opened = _open(repo, 1, avoid=voter)
             if opened:
                 repo.assign([(opened[0]["id"], voter)])
@@ -226,14 +233,14 @@ def vote(proposal_id: UUID, voter: str, choice: str) -> VoteOut:
         proposal = repo.proposal(proposal_id, lock=True)
         if proposal is None:
             raise NotFound(f"No proposal {proposal_id}")
-        if proposal["status"] != "voting" or proposal["voting_expires_at"] <= datetime.now(UTC):
+        if not repo.is_assigned(proposal_id, voter) or not repo.is_member(voter):
+            raise Forbidden("Only voters assigned to this proposal may vote", code="not_assigned")
+        if not proposal["open"]:
             raise Conflict(
                 f"Voting on this proposal is closed ({proposal['status']})",
                 code="voting_closed",
                 proposal_status=proposal["status"],
             )
-        if not repo.is_assigned(proposal_id, voter):
-            raise Forbidden("Only voters assigned to this proposal may vote", code="not_assigned")
         if not repo.cast_vote(proposal_id, voter, choice):
             raise Conflict("This voter has already voted on this proposal", code="already_voted")
         counted = repo.proposal(proposal_id)
