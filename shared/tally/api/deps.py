@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import Depends, Request
 
 from tally.auth import Principal, Role, authorize, principal_from_authorizer, principal_from_token
-from tally.errors import Unauthorized
+from tally.errors import Forbidden, Unauthorized
 from tally.settings import get_settings
 
 ACCESS_KEY = "x-tally-access"
@@ -49,3 +49,13 @@ def access(role: Role) -> dict[str, Any]:
 def caller(role: Role) -> Any:
     """A parameter default that hands the route its verified principal."""
     return Depends(_requirement(role))
+
+
+def acting_for(principal: Principal, address: str | None) -> str:
+    """The caller, or the member a service or admin names: a user token speaks only for its
+    own subject."""
+    if address is None or address == principal.subject:
+        return principal.subject
+    if principal.has(Role.SERVICE) or principal.has(Role.ADMIN):
+        return address
+    raise Forbidden("Only services and admins may act for another member")

@@ -8,7 +8,7 @@ from uuid import UUID
 from aws_lambda_powertools import Logger
 from fastapi import APIRouter, Path, Query, Response, status
 
-from tally.api.deps import access, caller
+from tally.api.deps import access, acting_for, caller
 from tally.auth import Principal, Role
 from tally.community import etl, service
 from tally.community.dispatch import start_backfill
@@ -25,7 +25,7 @@ from tally.community.models import (
     WeeklyOut,
     check_zone,
 )
-from tally.errors import Forbidden, InvalidInput
+from tally.errors import InvalidInput
 
 Address = Annotated[str, Path(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_:.\-]+$")]
 UserParam = Annotated[
@@ -47,15 +47,6 @@ def _zone(tz: str | None) -> str | None:
         raise InvalidInput(str(exc), code="invalid_tz") from exc
 
 
-def _subject(principal: Principal, user_id: str | None) -> str:
-    """The caller, or (for services and admins) the user they ask about."""
-    if user_id is None or user_id == principal.subject:
-        return principal.subject
-    if principal.has(Role.SERVICE) or principal.has(Role.ADMIN):
-        return user_id
-    raise Forbidden("Only services and admins may act for another user")
-
-
 @router.post("/api/community/taps", **access(Role.SERVICE))
 def post_taps(body: TapBatchIn, response: Response) -> TapBatchOut:
     result = service.record_taps(body)
@@ -67,12 +58,12 @@ def post_taps(body: TapBatchIn, response: Response) -> TapBatchOut:
 def put_profile(
     address: Address, body: ProfileIn, principal: Principal = caller(Role.USER)
 ) -> ProfileOut:
-    return service.put_profile(_subject(principal, address), body)
+    return service.put_profile(acting_for(principal, address), body)
 
 
 @router.get("/api/profiles/{address}", **access(Role.USER))
 def get_profile(address: Address, principal: Principal = caller(Role.USER)) -> ProfileOut:
-    return service.get_profile(_subject(principal, address))
+    return service.get_profile(acting_for(principal, address))
 
 
 @router.get("/api/community/weekly", **access(Role.USER))
@@ -83,7 +74,7 @@ def get_weekly(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     principal: Principal = caller(Role.USER),
 ) -> WeeklyOut:
-    return service.weekly(_subject(principal, user_id), _zone(tz), limit, debug)
+    return service.weekly(acting_for(principal, user_id), _zone(tz), limit, debug)
 
 
 @router.get("/api/community/quests", **access(Role.USER))
@@ -93,7 +84,7 @@ def get_quests(
     user_id: UserParam = None,
     principal: Principal = caller(Role.USER),
 ) -> QuestsOut:
-    return service.quests(_subject(principal, user_id), _zone(tz), debug)
+    return service.quests(acting_for(principal, user_id), _zone(tz), debug)
 
 
 @router.get("/api/community/radar", **access(Role.USER))
@@ -114,7 +105,7 @@ def get_health(
     limit: Annotated[int, Query(ge=1, le=50)] = 15,
     principal: Principal = caller(Role.USER),
 ) -> HealthOut:
-    return service.health(_subject(principal, user_id), _zone(tz), limit, debug)
+    return service.health(acting_for(principal, user_id), _zone(tz), limit, debug)
 
 
 @router.post(

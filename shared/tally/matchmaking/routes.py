@@ -8,9 +8,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from tally.api.deps import access, caller
+from tally.api.deps import access, acting_for, caller
 from tally.auth import Principal, Role
-from tally.errors import Forbidden
 from tally.matchmaking import service
 from tally.matchmaking.models import (
     BlockIn,
@@ -27,18 +26,9 @@ Address = Annotated[str | None, Query(min_length=3, max_length=128, pattern=r"^[
 router = APIRouter(tags=["matchmaking"])
 
 
-def _acting_as(principal: Principal, address: str | None) -> str:
-    """The caller, or (for services and admins) the member they act for."""
-    if address is None or address == principal.subject:
-        return principal.subject
-    if principal.has(Role.SERVICE) or principal.has(Role.ADMIN):
-        return address
-    raise Forbidden("Only services and admins may act for another member")
-
-
 @router.get("/api/matches/next", **access(Role.USER))
 def get_next_match(voter: Address = None, principal: Principal = caller(Role.USER)) -> NextMatchOut:
-    return service.next_match(_acting_as(principal, voter))
+    return service.next_match(acting_for(principal, voter))
 
 
 @router.post("/api/proposals/{proposal_id}/votes", **access(Role.USER))
@@ -48,7 +38,7 @@ def post_vote(
     voter: Address = None,
     principal: Principal = caller(Role.USER),
 ) -> VoteOut:
-    return service.vote(proposal_id, _acting_as(principal, voter), body.vote)
+    return service.vote(proposal_id, acting_for(principal, voter), body.vote)
 
 
 @router.get("/api/conversations", **access(Role.USER))
@@ -58,7 +48,7 @@ def get_conversations(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     principal: Principal = caller(Role.USER),
 ) -> ConversationPage:
-    return service.conversations(_acting_as(principal, address), limit, cursor)
+    return service.conversations(acting_for(principal, address), limit, cursor)
 
 
 @router.post("/api/admin/proposals/{proposal_id}/block", **access(Role.ADMIN))
