@@ -1,4 +1,5 @@
-"""`python -m bench`: measure the points system and write docs/performance.md."""
+"""`python -m bench`: measure Tally (points, leaderboards, community) and write
+docs/performance.md."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Tally")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
-QUICK = {"users": 20_000, "pending": 2_000, "concurrent": 1_000, "ledger": 200_000, "chunk": 50_000}
+QUICK = {
+    "users": 20_000,
+    "pending": 2_000,
+    "concurrent": 1_000,
+    "ledger": 200_000,
+    "chunk": 50_000,
+    "taps": 200_000,
+    "tap_users": 5_000,
+    "days": 30,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,15 +52,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--suite",
-        choices=("points", "boards", "all"),
+        choices=("points", "boards", "community", "matchmaking", "all"),
         default="all",
-        help="points: award sweep and points leaderboard; boards: leaderboards vs Redis",
+        help="points: award sweep and points leaderboard; boards: leaderboards vs Redis; "
+        "community: the nightly community ETL; matchmaking: jobs and voter calls",
     )
     parser.add_argument(
         "--ledger", type=int, default=10_000_000, help="ledger entries loaded for --suite boards"
     )
     parser.add_argument(
-        "--chunk", type=int, default=500_000, help="ledger entries per INSERT statement"
+        "--chunk",
+        type=int,
+        default=500_000,
+        help="rows per INSERT statement (ledger entries; taps, rounded to whole days)",
+    )
+    parser.add_argument(
+        "--taps", type=int, default=10_000_000, help="taps generated for --suite community"
+    )
+    parser.add_argument(
+        "--tap-users", type=int, default=200_000, help="users who tap, for --suite community"
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=120,
+        help="days the taps span, for --suite community (the last one is the incremental day)",
+    )
+    parser.add_argument(
+        "--profiles", type=int, default=100_000, help="profiles for --suite matchmaking"
+    )
+    parser.add_argument(
+        "--replay",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also replay the community history through the nightly job (auto: up to 1M taps)",
     )
     parser.add_argument(
         "--load-budget",
@@ -82,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         ok = run_points(args, server, facts, started, load_at_start) and ok
     if args.suite in ("boards", "all"):
         ok = run_boards(args, server, facts, time.perf_counter(), os.getloadavg()) and ok
+    if args.suite in ("community", "all"):
+        ok = run_community(args, server, facts, time.perf_counter(), os.getloadavg()) and ok
+    if args.suite in ("matchmaking", "all"):
+        from bench import matchmaking
+
+        ok = matchmaking.run_suite(server, facts, args.out, args.profiles) and ok
     return 0 if ok else 1
 
 
@@ -160,6 +201,43 @@ def run_boards(
         load_at_start=load_at_start,
     )
     boards_report.write(args.out, boards_report.render(info, result))
+    log(f"wrote {args.out}")
+    return all(result.checks.values())
+
+
+def run_community(
+    args: argparse.Namespace,
+    server: Any,
+    facts: dict[str, str],
+    started: float,
+    load_at_start: tuple[float, float, float],
+) -> bool:
+    from bench import community, community_report
+    from bench.db import fresh_database
+    from bench.stats import log, quiet_stdout
+
+    with quiet_stdout(), fresh_database(server, "community") as url:
+        result = community.run(
+            server,
+            url,
+            taps=args.taps,
+            users=args.tap_users,
+            days=args.days,
+            chunk=args.chunk,
+            replay=None if args.replay == "auto" else args.replay == "yes",
+        )
+    info = community_report.CommunityRunInfo(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cpus=os.cpu_count() or 0,
+        platform=platform.platform(),
+        python=platform.python_version(),
+        postgres=facts,
+        embedded=server.embedded,
+        quick=args.quick,
+        bench_seconds=time.perf_counter() - started,
+        load_at_start=load_at_start,
+    )
+    community_report.write(args.out, community_report.render(info, result))
     log(f"wrote {args.out}")
     return all(result.checks.values())
 

@@ -25,12 +25,16 @@ Measured figures for Tally, each section written by the benchmark that produced 
 
 ## How to reproduce
 
-`make bench` runs `python -m bench` (about 10 minutes on 2 cores). It starts a throwaway
-embedded PostgreSQL, or uses the server in `DATABASE_URL` (where it creates and drops databases of
-its own), fills it, measures, and rewrites its sections of this file.
+`make bench` runs `python -m bench`, every suite (about an hour on 2 cores, most of it the
+community suite's 10M taps). It starts a throwaway embedded PostgreSQL, or uses the server in
+`DATABASE_URL` (where it creates and drops databases of its own), fills it, measures, and rewrites
+its sections of this file.
 
-- `python -m bench --quick`: a smoke run at small sizes, under a minute.
-- `--users N`, `--pending N`: the leaderboard and award-queue sizes; `--out PATH`: another file.
+- `--suite points|boards|community|matchmaking|all`: one suite (`points` about 10 minutes,
+  `community` about 50, `matchmaking` under a minute).
+- `python -m bench --quick`: a smoke run at small sizes, a few minutes.
+- `--users N`, `--pending N`: the leaderboard and award-queue sizes; `--taps N`, `--tap-users N`,
+  `--days N`: the community data set; `--profiles N`: matchmaking; `--out PATH`: another file.
 """
 
 
