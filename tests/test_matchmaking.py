@@ -237,6 +237,13 @@ def test_4_an_expired_proposal_is_finalized_by_the_next_run(db: psycopg.Connecti
     assert status == {first["id"]: "approved", second["id"]: "rejected", third["id"]: "rejected"}
     talk = db.execute("SELECT * FROM conversations").fetchall()
     assert [t["proposal_id"] for t in talk] == [first["id"]]
+    # Their unvoted seats are closed: nobody is left waiting on a decided proposal.
+    seats = db.execute(
+        "SELECT count(*) AS n FROM voter_assignments WHERE proposal_id = ANY(%s) "
+        "AND voted_at IS NULL AND closed_at IS NULL",
+        ([first["id"], second["id"], third["id"]],),
+    ).fetchone()
+    assert seats == {"n": 0}
     # The rejected pairs are free again; the approved one is not.
     claims = {r["pair_hash"] for r in db.execute("SELECT pair_hash FROM match_pair_claims")}
     assert first["pair_hash"] in claims and second["pair_hash"] not in claims
@@ -353,6 +360,12 @@ def test_five_yes_votes_approve_at_once_and_open_the_conversation(
         assert vote(client, proposal["id"], voter, "yes").json()["proposal"]["status"] == "voting"
     fifth = vote(client, proposal["id"], voters[4], "yes").json()
     assert fifth["proposal"]["status"] == "approved"
+    open_seats = db.execute(
+        "SELECT voter_address FROM voter_assignments WHERE proposal_id = %s "
+        "AND voted_at IS NULL AND closed_at IS NULL",
+        (proposal["id"],),
+    ).fetchall()
+    assert open_seats == []
     assert fifth["proposal"]["finalized_by"] == "threshold"
     assert fifth["conversation_id"] is not None
     late = vote(client, proposal["id"], voters[5], "no")

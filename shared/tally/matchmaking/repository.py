@@ -221,7 +221,7 @@ class MatchRepository:
                 SELECT a.voter_address, count(*) AS open
                 FROM voter_assignments a
                 JOIN match_proposals p ON p.id = a.proposal_id AND p.status = 'voting'
-                WHERE a.voted_at IS NULL
+                WHERE a.voted_at IS NULL AND a.closed_at IS NULL
                 GROUP BY a.voter_address
             )
             SELECT p.address FROM profiles p LEFT JOIN load l ON l.voter_address = p.address
@@ -273,6 +273,11 @@ class MatchRepository:
                 DELETE FROM match_pair_claims k USING closed c
                 WHERE k.pair_hash = c.pair_hash AND c.status = 'rejected'
                 RETURNING 1
+            ), seats AS (
+                UPDATE voter_assignments a SET closed_at = now()
+                FROM closed c
+                WHERE a.proposal_id = c.id AND a.voted_at IS NULL AND a.closed_at IS NULL
+                RETURNING 1
             )
             SELECT count(*) FILTER (WHERE status = 'approved') AS approved,
                    count(*) FILTER (WHERE status = 'rejected') AS rejected,
@@ -291,7 +296,7 @@ class MatchRepository:
             + PROPOSAL_COLUMNS
             + """
             FROM voter_assignments a JOIN match_proposals p ON p.id = a.proposal_id
-            WHERE a.voter_address = %s AND a.voted_at IS NULL
+            WHERE a.voter_address = %s AND a.voted_at IS NULL AND a.closed_at IS NULL
               AND p.status = 'voting' AND p.voting_expires_at > now()
             ORDER BY p.voting_expires_at, p.id LIMIT 1
             """,
@@ -395,6 +400,11 @@ class MatchRepository:
             ), released AS (
                 DELETE FROM match_pair_claims k USING closed c
                 WHERE k.pair_hash = c.pair_hash AND c.status = 'rejected'
+                RETURNING 1
+            ), seats AS (
+                UPDATE voter_assignments a SET closed_at = now()
+                FROM closed c
+                WHERE a.proposal_id = c.id AND a.voted_at IS NULL AND a.closed_at IS NULL
                 RETURNING 1
             )
             SELECT (SELECT id FROM talks) AS conversation_id

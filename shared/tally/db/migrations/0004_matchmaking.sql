@@ -64,10 +64,14 @@ CREATE TABLE voter_assignments (
     voter_address  text NOT NULL,
     assigned_at    timestamptz NOT NULL DEFAULT now(),
     voted_at       timestamptz,
+    -- set when the proposal is decided before this voter voted: the seat is gone
+    closed_at      timestamptz,
     UNIQUE (proposal_id, voter_address)
 );
+-- Open seats only: the index stays the size of the work in progress, not of the history.
 CREATE INDEX idx_voter_assignments_open
-    ON voter_assignments (voter_address, assigned_at) WHERE voted_at IS NULL;
+    ON voter_assignments (voter_address, assigned_at)
+    WHERE voted_at IS NULL AND closed_at IS NULL;
 
 CREATE TABLE match_votes (
     id             bigserial PRIMARY KEY,
