@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.boards import (
@@ -15,23 +14,13 @@ from bench.boards import (
     Row,
 )
 from bench.db import EXPLAIN_RUNS
-from bench.report import _duration, _ms, _para, write_block
+from bench.report import SuiteRunInfo, _duration, _ms, _para, write_block
 
 START = "<!-- bench:boards:start -->"
 END = "<!-- bench:boards:end -->"
 
 
-@dataclass(frozen=True)
-class BoardsRunInfo:
-    date: str
-    cpus: int
-    platform: str
-    python: str
-    postgres: dict[str, str]
-    embedded: bool
-    quick: bool
-    bench_seconds: float
-    load_at_start: tuple[float, float, float]
+BoardsRunInfo = SuiteRunInfo
 
 
 def write(path: Path, block: str) -> None:

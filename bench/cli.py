@@ -189,7 +189,22 @@ def run_boards(
             reps=reps,
             budget=args.load_budget,
         )
-    info = boards_report.BoardsRunInfo(
+    info = suite_info(args, server, facts, started, load_at_start)
+    boards_report.write(args.out, boards_report.render(info, result))
+    log(f"wrote {args.out}")
+    return all(result.checks.values())
+
+
+def suite_info(
+    args: argparse.Namespace,
+    server: Any,
+    facts: dict[str, str],
+    started: float,
+    load_at_start: tuple[float, float, float],
+) -> Any:
+    from bench.report import SuiteRunInfo
+
+    return SuiteRunInfo(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         cpus=os.cpu_count() or 0,
         platform=platform.platform(),
@@ -200,9 +215,6 @@ def run_boards(
         bench_seconds=time.perf_counter() - started,
         load_at_start=load_at_start,
     )
-    boards_report.write(args.out, boards_report.render(info, result))
-    log(f"wrote {args.out}")
-    return all(result.checks.values())
 
 
 def run_community(
@@ -226,17 +238,7 @@ def run_community(
             chunk=args.chunk,
             replay=None if args.replay == "auto" else args.replay == "yes",
         )
-    info = community_report.CommunityRunInfo(
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        cpus=os.cpu_count() or 0,
-        platform=platform.platform(),
-        python=platform.python_version(),
-        postgres=facts,
-        embedded=server.embedded,
-        quick=args.quick,
-        bench_seconds=time.perf_counter() - started,
-        load_at_start=load_at_start,
-    )
+    info = suite_info(args, server, facts, started, load_at_start)
     community_report.write(args.out, community_report.render(info, result))
     log(f"wrote {args.out}")
     return all(result.checks.values())

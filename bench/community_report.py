@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.community import (
@@ -25,24 +24,14 @@ from bench.community import (
     StageTime,
 )
 from bench.community_naive import NaiveRun
-from bench.report import _bullet, _duration, _para, write_block
+from bench.report import SuiteRunInfo, _bullet, _duration, _para, write_block
 
 START = "<!-- bench:community:start -->"
 END = "<!-- bench:community:end -->"
 DAY_STAGES = ("edges", "days", "streaks")
 
 
-@dataclass(frozen=True)
-class CommunityRunInfo:
-    date: str
-    cpus: int
-    platform: str
-    python: str
-    postgres: dict[str, str]
-    embedded: bool
-    quick: bool
-    bench_seconds: float
-    load_at_start: tuple[float, float, float]
+CommunityRunInfo = SuiteRunInfo
 
 
 def write(path: Path, block: str) -> None:

@@ -39,6 +39,21 @@ its sections of this file.
 
 
 @dataclass(frozen=True)
+class SuiteRunInfo:
+    """Where and when a suite (boards, community) ran, for its report's first table."""
+
+    date: str
+    cpus: int
+    platform: str
+    python: str
+    postgres: dict[str, str]
+    embedded: bool
+    quick: bool
+    bench_seconds: float
+    load_at_start: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """Where and how the figures were taken."""
 
