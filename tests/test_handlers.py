@@ -92,6 +92,32 @@ def seed_from_events(event_name: str = "") -> None:
         community.put_profile(address, ProfileIn(attributes={"interests": ["birdsong"]}))
     matchmaking.generate_matches()
     matchmaking.create_proposals()
+    seed_sample_proposal()
+
+
+SAMPLE_PROPOSAL = "3c6f2a9e-8d41-4b7a-9f0e-5a1d2c3b4e5f"  # the id in the vote and block events
+
+
+def seed_sample_proposal() -> None:
+    """A proposal in voting with the sample events' voter assigned, as the creator leaves it."""
+    from tally.db.connection import transaction
+
+    with transaction() as conn:
+        conn.execute(
+            "INSERT INTO match_pair_claims (pair_hash) VALUES ('sample-pair') "
+            "ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
+            "INSERT INTO match_proposals (id, user_a_address, user_b_address, pair_hash, "
+            "compatibility_score, status, voters_target, voting_started_at, voting_expires_at) "
+            "VALUES (%s, '0xsample-a', '0xsample-b', 'sample-pair', 0.8, 'voting', 10, now(), "
+            "now() + interval '10 minutes')",
+            (SAMPLE_PROPOSAL,),
+        )
+        conn.execute(
+            "INSERT INTO voter_assignments (proposal_id, voter_address) VALUES (%s, %s)",
+            (SAMPLE_PROPOSAL, "0x5eed000000000000000000000000000000000001"),
+        )
 
 
 def wait_for_backfills(conn: psycopg.Connection[Any], timeout_s: float = 60) -> None:
