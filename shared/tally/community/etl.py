@@ -153,9 +153,7 @@ def _step(stage: Stage, horizon: datetime, settings: Settings) -> _Step | None:
                 bound = min(bound, upstream_mark)
         lo = mark["received_upto"]
         if lo is None:
-            lo = repo.first_profile_update() if stage.source == "profiles" else None
-            if stage.source == "taps":
-                lo = repo.first_received()
+            lo = repo.next_arrival(None, stage.source)
             if lo is None:  # nothing has ever arrived: start from here
                 repo.advance(stage.name, bound, 0)
                 return _Step({}, bound, True)

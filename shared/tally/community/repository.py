@@ -155,23 +155,18 @@ class EtlRepository:
             return None
         return row["first"], row["last"]
 
-    def first_received(self) -> datetime | None:
-        row = self.conn.execute("SELECT min(received_at) AS first FROM taps").fetchone()
-        return row["first"] if row else None
-
-    def next_arrival(self, after: datetime, source: str) -> datetime | None:
-        """The first tap received (profile updated) at or after `after`."""
-        query = (
-            "SELECT min(updated_at) AS t FROM profiles WHERE updated_at >= %s"
-            if source == "profiles"
-            else "SELECT min(received_at) AS t FROM taps WHERE received_at >= %s"
+    def next_arrival(self, after: datetime | None, source: str) -> datetime | None:
+        """The first tap received (profile updated) at or after `after`; the very first when
+        `after` is None."""
+        column, table = (
+            ("updated_at", "profiles") if source == "profiles" else ("received_at", "taps")
         )
-        row = self.conn.execute(query, (after,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT min({column}) AS t FROM {table} "
+            f"WHERE %(after)s::timestamptz IS NULL OR {column} >= %(after)s",
+            {"after": after},
+        ).fetchone()
         return row["t"] if row else None
-
-    def first_profile_update(self) -> datetime | None:
-        row = self.conn.execute("SELECT min(updated_at) AS first FROM profiles").fetchone()
-        return row["first"] if row else None
 
     def _counts(self, statement: str, params: dict[str, Any]) -> dict[str, int]:
         row = self.conn.execute(statement, params).fetchone()
