@@ -139,9 +139,9 @@ def weekly(
     now = now or _now()
     with read_snapshot() as conn:
         repo = CommunityReadRepository(conn)
-        zone = _zone(repo, user_id, tz)
         # Weeks are kept in the user's own zone; tz only changes how times are shown.
-        own_zone = _zone(repo, user_id, None)
+        own_zone = repo.user_zone(user_id)
+        zone = tz or own_zone
         week_start = _week_start(now, own_zone)
         row = repo.week(user_id, week_start)
         streak = repo.streak(user_id, now)
@@ -197,9 +197,9 @@ def quests(user_id: str, tz: str | None, debug: bool, now: datetime | None = Non
     now = now or _now()
     with read_snapshot() as conn:
         repo = CommunityReadRepository(conn)
-        zone = _zone(repo, user_id, tz)
         # Progress is kept per week of the user's own zone.
-        own_zone = _zone(repo, user_id, None)
+        own_zone = repo.user_zone(user_id)
+        zone = tz or own_zone
         period = _week_start(now, own_zone)
         rows = repo.quests(user_id, period)
         as_of = repo.watermark("quests")
