@@ -676,3 +676,28 @@ def test_incremental_runs_equal_a_full_rebuild(
     assert rollups(db) == incremental
     assert db.execute("SELECT source_id, points FROM points_ledger ORDER BY 1").fetchall() == ledger
     assert_ledger_matches_totals(db)
+
+
+def test_the_job_reports_and_measures_every_stage(
+    db: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the handler returns is what each stage logs; the metrics carry a stage dimension."""
+    import json
+
+    from tally.local import template
+    from tally.local.invoke import invoke
+
+    add_taps(db, [("a", "b", datetime.now(UTC) - timedelta(hours=3))])
+    result = invoke(template.load(), "CommunityEtlFunction", {"mode": "nightly"})
+    assert result["complete"] and result["mode"] == "nightly"
+    stages = {s["stage"]: s for s in result["stages"]}
+    assert set(stages) == {"zones", *(s.name for s in etl.STAGES)}
+    assert stages["days"]["written"] == 2 and stages["edges"]["written"] == 1
+    out = capsys.readouterr().out.splitlines()
+    emf = [json.loads(line) for line in out if line.startswith("{") and '"_aws"' in line]
+    written = {
+        r["stage"]: r["CommunityEtlRowsWritten"] for r in emf if "CommunityEtlRowsWritten" in r
+    }
+    assert set(written) >= {s.name for s in etl.STAGES}
+    assert written["days"] in (2.0, [2.0])
+    assert any("CommunityEtlRuns" in r for r in emf)
