@@ -21,6 +21,7 @@ from tally.leaderboards import service as leaderboards
 from tally.leaderboards.models import SeasonIn
 from tally.local import template as template_mod
 from tally.local.invoke import invoke
+from tally.local.seed import seed_pou
 from tally.matchmaking import service as matchmaking
 from tally.points import service
 from tally.points.models import VerificationIn
@@ -93,6 +94,7 @@ def seed_from_events(event_name: str = "") -> None:
     matchmaking.generate_matches()
     matchmaking.create_proposals()
     seed_sample_proposal()
+    seed_pou()
 
 
 SAMPLE_PROPOSAL = "3c6f2a9e-8d41-4b7a-9f0e-5a1d2c3b4e5f"  # the id in the vote and block events

@@ -10,9 +10,17 @@ class TallyError(Exception):
     code = "bad_request"
     title = "Bad request"
 
-    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}  # response headers (Retry-After, say)
         if code is not None:
             self.code = code  # a more precise name than the class's
         self.extra = extra

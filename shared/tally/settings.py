@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -146,6 +146,66 @@ class Settings(BaseSettings):
     )
     match_reject_cooldown_days: int = Field(30, validation_alias="MATCH_REJECT_COOLDOWN_DAYS", ge=0)
     match_stuck_minutes: int = Field(5, validation_alias="MATCH_STUCK_MINUTES", ge=1)
+
+    pou_finalizer_enabled: bool = Field(True, validation_alias="POU_FINALIZER_ENABLED")
+    pou_k: int = Field(3, validation_alias="POU_K", ge=1, le=50, description="Quorum threshold.")
+    pou_m: int = Field(5, validation_alias="POU_M", ge=0, le=50, description="Committee size.")
+    pou_require_signatures: bool = Field(False, validation_alias="POU_REQUIRE_SIGNATURES")
+    pou_attestations_per_hour: int = Field(
+        100,
+        validation_alias="POU_ATTESTATIONS_PER_HOUR",
+        ge=1,
+        description="Attestation requests one DID may make per hour.",
+    )
+    pou_committee_min_stake: int = Field(
+        1,
+        validation_alias="POU_COMMITTEE_MIN_STAKE",
+        ge=0,
+        description="Atomic units an agent must have locked to sit on a committee (0: none).",
+    )
+    pou_finalizer_batch: int = Field(1000, validation_alias="POU_FINALIZER_BATCH", ge=1, le=50_000)
+    pou_reputation_alpha: float = Field(0.2, validation_alias="POU_REPUTATION_ALPHA", gt=0, le=1)
+    pou_latency_norm_ms: float = Field(
+        5000, validation_alias="POU_LATENCY_NORM_MS", gt=0, description="t is 0 at this latency."
+    )
+    pou_slash_factor: float = Field(0.9, validation_alias="POU_SLASH_FACTOR", gt=0, le=1)
+    pou_points_per_task: int = Field(
+        0,
+        validation_alias="POU_POINTS_PER_TASK",
+        ge=0,
+        le=10_000,
+        description="Ledger points for each finalized receipt's agent (0: no ledger entry).",
+    )
+    usefulness_window_days: int = Field(
+        30, validation_alias="USEFULNESS_WINDOW_DAYS", ge=1, le=3650
+    )
+    usefulness_reward_pool_enabled: bool = Field(
+        False, validation_alias="USEFULNESS_REWARD_POOL_ENABLED"
+    )
+    usefulness_reward_pool_hourly: int = Field(
+        1_000_000_000,
+        validation_alias="USEFULNESS_REWARD_POOL_HOURLY",
+        ge=0,
+        description="Atomic units shared each hour among agents by that hour's useful work.",
+    )
+    usefulness_reward_catchup_hours: int = Field(
+        24, validation_alias="USEFULNESS_REWARD_CATCHUP_HOURS", ge=1, le=24 * 31
+    )
+    usefulness_hour_lag_s: int = Field(
+        300,
+        validation_alias="USEFULNESS_HOUR_LAG_SECONDS",
+        ge=0,
+        le=3600,
+        description="An hour is settled this long after it ends (finalizations in flight).",
+    )
+
+    @field_validator("usefulness_reward_pool_hourly", mode="before")
+    @classmethod
+    def _bigint_literal(cls, value: object) -> object:
+        """The guide writes the pool as a JavaScript BigInt (`1000000000n`); accept that too."""
+        if isinstance(value, str) and value.strip().endswith("n"):
+            return value.strip()[:-1]
+        return value
 
     surge_factor: float = Field(2.0, validation_alias="SURGE_FACTOR", gt=1.0, le=100.0)
     surge_min_taps: int = Field(10, validation_alias="SURGE_MIN_TAPS", ge=1)

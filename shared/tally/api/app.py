@@ -38,7 +38,9 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JS
 
 async def _tally_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TallyError)
-    return problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+    response = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tally.points.ledger_sql import CREDIT_PAID
+
 # -- which taps a run looks at ----------------------------------------------------------------
 
 # Taps received in [lo, hi), plus, for pairs whose first tap ever moved earlier because a late
@@ -475,7 +477,7 @@ SELECT (SELECT count(*) FROM entries) AS keys,
 # Progress of every active weekly quest for weeks [%(p1)s, %(p2)s]. A completed quest's reward
 # is one ledger entry ('quest', '<quest id>:<user>:<week>'), so it is paid once however often
 # this runs, and the user's total and tier move in the same statement.
-QUESTS = """
+QUESTS = f"""
 WITH progress AS (
     SELECT w.user_id, q.id AS quest_id, q.slug, w.week_start AS period_start, q.target,
            q.reward_points,
@@ -520,25 +522,7 @@ paid AS (
     ON CONFLICT ON CONSTRAINT uq_points_ledger_source DO NOTHING
     RETURNING wallet_address, points
 ),
-per_user AS (
-    SELECT wallet_address, sum(points)::bigint AS delta FROM paid GROUP BY wallet_address
-),
-credited AS (
-    INSERT INTO users AS u (wallet_address, total_points, tier, points_updated_at)
-    SELECT wallet_address, delta,
-           (SELECT t.name FROM unnest(%(mins)s::bigint[], %(names)s::text[]) AS t(minimum, name)
-            WHERE t.minimum <= delta ORDER BY t.minimum DESC LIMIT 1),
-           now()
-    FROM per_user
-    ON CONFLICT (wallet_address) DO UPDATE
-    SET total_points = u.total_points + EXCLUDED.total_points,
-        tier = (SELECT t.name FROM unnest(%(mins)s::bigint[], %(names)s::text[])
-                    AS t(minimum, name)
-                WHERE t.minimum <= u.total_points + EXCLUDED.total_points
-                ORDER BY t.minimum DESC LIMIT 1),
-        points_updated_at = now(), updated_at = now()
-    RETURNING 1
-)
+{CREDIT_PAID}
 SELECT (SELECT count(*) FROM progress) AS keys,
        (SELECT count(*) FROM written) + (SELECT count(*) FROM pruned) AS written,
        (SELECT count(*) FROM paid) AS completions,

@@ -71,7 +71,13 @@ def cmd_dev(args: argparse.Namespace, root: Path) -> int:
     print(f"Tally dev: database {url}", flush=True)
     print(f"  migrations applied: {len(applied)}", flush=True)
     if args.seed:
-        from tally.local.seed import ensure_demo_season, has_data, seed, seed_community
+        from tally.local.seed import (
+            ensure_demo_season,
+            has_data,
+            seed,
+            seed_community,
+            seed_pou,
+        )
 
         if has_data():
             print("  seed      skipped: the database has users already (`tally seed` adds more)")
@@ -79,6 +85,7 @@ def cmd_dev(args: argparse.Namespace, root: Path) -> int:
             seed(users=args.seed)
             ensure_demo_season()
             seed_community()
+            seed_pou()
     app = build_local_app(template)
     scheduler = Scheduler(template)
     if not args.no_schedules:
@@ -122,13 +129,14 @@ def cmd_migrate(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, root: Path) -> int:
-    from tally.local.seed import ensure_demo_season, seed, seed_community
+    from tally.local.seed import ensure_demo_season, seed, seed_community, seed_pou
 
     prepare_environment(root)
     _migrate()
     seed(users=args.users, pending=args.pending, random_seed=args.random_seed)
     ensure_demo_season()
     seed_community(random_seed=args.random_seed)
+    seed_pou()
     return 0
 
 

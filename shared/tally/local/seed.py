@@ -63,6 +63,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from tqdm import tqdm
 
@@ -905,3 +906,61 @@ def seed_community(
 def _count_users(conn: Any) -> int:
     row = conn.execute("SELECT count(*) AS n FROM users").fetchone()
     return int(row["n"]) if row else 0
+
+
+# The sample events' proof-of-usefulness cast: fixed keys, so the DIDs and signatures in
+# events/ stay valid. Seeds 1 and 2 are the agent and its client, 10-15 stake to audit.
+POU_SAMPLE_TASK = UUID("7b1e4c2a-5d3f-4e8a-9c6b-2f0a1d3e5c7b")
+POU_AGENT_SEED, POU_CLIENT_SEED = 1, 2
+POU_AUDITOR_SEEDS = range(10, 16)
+
+
+def pou_identity(seed_number: int) -> tuple[Any, str]:
+    """The sample cast's key and did:key for a seed number."""
+    from tally.pou.identity import new_identity
+
+    return new_identity(seed_number.to_bytes(32, "big"))
+
+
+def seed_pou() -> dict[str, int]:
+    """Sample agents with stakes, and the sample events' receipt with three signed audits (so
+    a client's ACCEPTED, or a finalize, completes it). Re-running adds nothing."""
+    from tally.pou import service
+    from tally.pou.identity import attestation_payload, sign
+    from tally.pou.models import AgentIn, AttestationIn, ReceiptIn, StakeLockIn
+
+    _, agent = pou_identity(POU_AGENT_SEED)
+    _, client = pou_identity(POU_CLIENT_SEED)
+    for did in (agent, client):
+        service.register_agent(AgentIn(did=did))
+    for number in POU_AUDITOR_SEEDS:
+        _, did = pou_identity(number)
+        service.register_agent(AgentIn(did=did))
+        service.lock_stake(did, StakeLockIn(amount_atomic=100, reference="seed"))
+    receipt, _ = service.create_receipt(
+        ReceiptIn(
+            task_id=POU_SAMPLE_TASK,
+            intent_id="intent-sample-1",
+            negotiation_id="negotiation-sample-1",
+            agent_did=agent,
+            client_did=client,
+            intent_type="summarize",
+            inputs_ref="ipfs://bafy-sample-inputs",
+            outputs_ref="ipfs://bafy-sample-outputs",
+            metrics={"latency_ms": 1800},
+            payment_request_id="payreq-sample-1",
+            amount_atomic=250_000,
+        )
+    )
+    given = {(a.by_did, a.type) for a in service.get_receipt(receipt.id).attestations}
+    seeds = {pou_identity(n)[1]: n for n in POU_AUDITOR_SEEDS}
+    for did in receipt.committee[:3]:
+        if (did, "AUDIT_PASS") in given:
+            continue
+        key, _ = pou_identity(seeds[did])
+        payload = attestation_payload(str(receipt.id), did, "AUDIT_PASS", 0.9, 0.95, None)
+        body = AttestationIn(
+            type="AUDIT_PASS", score=0.9, confidence=0.95, signature=sign(key, payload)
+        )
+        service.attest(receipt.id, did, body)
+    return {"agents": 2 + len(POU_AUDITOR_SEEDS), "receipts": 1}

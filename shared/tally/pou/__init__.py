@@ -1,0 +1,1 @@
+"""Proof of usefulness (seed 004)."""
