@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     export_bucket: str | None = Field(None, validation_alias="EXPORT_BUCKET")
     export_url_ttl_s: int = Field(900, validation_alias="EXPORT_URL_TTL_SECONDS", ge=60)
 
+    api_max_body_bytes: int = Field(
+        1_048_576,
+        validation_alias="API_MAX_BODY_BYTES",
+        ge=1024,
+        le=10_485_760,
+        description="Largest request body any route accepts (413 beyond).",
+    )
+    api_writes_per_minute_user: int = Field(
+        120, validation_alias="API_WRITES_PER_MINUTE_USER", ge=1
+    )
+    api_writes_per_minute_service: int = Field(
+        12_000, validation_alias="API_WRITES_PER_MINUTE_SERVICE", ge=1
+    )
+    api_writes_per_minute_admin: int = Field(
+        600, validation_alias="API_WRITES_PER_MINUTE_ADMIN", ge=1
+    )
+
     leaderboard_page_max: int = Field(100, validation_alias="LEADERBOARD_PAGE_MAX", ge=1, le=1000)
 
     points: PointsRules = Field(default_factory=PointsRules)

@@ -9,13 +9,16 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tally import __version__
 from tally.db.connection import DataError
 from tally.errors import TallyError
 from tally.observability import API_CORRELATION, Handler, lambda_handler
+from tally.settings import get_settings
 
 logger = Logger(child=True)
 
@@ -68,6 +71,102 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal_error", "Internal error", "Something went wrong on our side")
 
 
+class BodyLimit:
+    """Refuse request bodies over API_MAX_BODY_BYTES with 413 before any route reads them
+    (declared by Content-Length or found while reading), so no handler holds a huge body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = get_settings().api_max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _refuse(400, "bad_content_length", "Content-Length is not a number")(
+                    scope, receive, send
+                )
+                return
+            if int(declared) > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _refuse(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    return problem(status, code, detail, detail, **extra)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _refuse(
+        413, "payload_too_large", f"Request bodies are limited to {limit} bytes", limit=limit
+    )
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem; `code` is the machine-readable error name.",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """The schema FastAPI generates, with the problem responses every route can give (4XX,
+    including validation errors, which are problems here rather than FastAPI's default)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    problem_response = {
+        "description": "A problem (RFC 9457)",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["4XX"] = problem_response
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    app.openapi_schema = schema
+    return schema
+
+
 def route_table(app: FastAPI) -> list[tuple[str, str, str | None]]:
     """(method, path, access) of every documented route, read from the OpenAPI schema."""
     table = []
@@ -86,6 +185,8 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodyLimit)
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
 from fastapi import Depends, Request
 
+from tally import ratelimit
 from tally.auth import Principal, Role, authorize, principal_from_authorizer, principal_from_token
 from tally.errors import Forbidden, Unauthorized
-from tally.settings import get_settings
+from tally.settings import Settings, get_settings
 
 ACCESS_KEY = "x-tally-access"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+WRITE_WINDOW = timedelta(minutes=1)
 
 
 def _principal(request: Request) -> Principal:
@@ -27,12 +31,27 @@ def _principal(request: Request) -> Principal:
     return principal_from_token(token.strip(), settings)
 
 
+def _write_limit(principal: Principal, settings: Settings) -> int:
+    """Writes per minute for this caller: backends and admins do more than one member."""
+    if principal.has(Role.SERVICE):
+        return settings.api_writes_per_minute_service
+    if principal.has(Role.ADMIN):
+        return settings.api_writes_per_minute_admin
+    return settings.api_writes_per_minute_user
+
+
 @cache  # one callable per role, so FastAPI runs the check once per request
 def _requirement(role: Role) -> Callable[[Request], Principal | None]:
     def check(request: Request) -> Principal | None:
         if role is Role.PUBLIC:
             return None
-        return authorize(_principal(request), role)
+        principal = authorize(_principal(request), role)
+        if request.method not in READ_METHODS:
+            settings = get_settings()
+            ratelimit.enforce(
+                "api_writes", principal.subject, _write_limit(principal, settings), WRITE_WINDOW
+            )
+        return principal
 
     check.__name__ = f"require_{role.value}"
     return check

@@ -79,7 +79,8 @@ class TapBatchIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    taps: list[TapIn] = Field(min_length=1)
+    # TAP_BATCH_MAX (service) sets the working limit; this is its ceiling.
+    taps: list[TapIn] = Field(min_length=1, max_length=10_000)
 
 
 class TapBatchOut(BaseModel):
