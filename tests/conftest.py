@@ -126,3 +126,13 @@ def client(api_url: str, db: Any) -> Iterator[Any]:
 
     with httpx.Client(base_url=api_url, timeout=10) as http:
         yield http
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many generated cases the API fuzzer ran (issue 7 asks for the count)."""
+    import sys
+
+    module = sys.modules.get("tests.test_fuzz")
+    summary = module.fuzz_summary() if module else None
+    if summary:
+        terminalreporter.write_line(summary)

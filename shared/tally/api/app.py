@@ -146,12 +146,22 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 
 def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
-    """The schema FastAPI generates, with the problem responses every route can give (4XX,
-    including validation errors, which are problems here rather than FastAPI's default)."""
+    """The schema FastAPI generates, with the bearer scheme the routes' security names and the
+    problem responses every route can give (4XX, validation errors included: they are
+    problems here rather than FastAPI's default shape)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    components["securitySchemes"] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT whose `scope` holds tally/user, tally/service or tally/admin.",
+        }
+    }
     problem_response = {
         "description": "A problem (RFC 9457)",
         "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},

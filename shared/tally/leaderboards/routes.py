@@ -224,7 +224,10 @@ Format = Annotated[Literal["csv", "json"], Query(alias="format")]
 @router.get(
     "/export/{season}",
     **access(Role.PUBLIC),
-    responses={200: {"content": {"text/csv": {}, "application/json": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}, "application/json": {}}},
+        303: {"description": "In AWS: a pre-signed S3 link to the file"},
+    },
 )
 def get_export(season: Season, fmt: Format = "csv", tiebreak: TiebreakParam = None) -> Response:
     return _export(season, None, fmt, tiebreak)
@@ -233,7 +236,10 @@ def get_export(season: Season, fmt: Format = "csv", tiebreak: TiebreakParam = No
 @router.get(
     "/export/{season}/week/{week}",
     **access(Role.PUBLIC),
-    responses={200: {"content": {"text/csv": {}, "application/json": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}, "application/json": {}}},
+        303: {"description": "In AWS: a pre-signed S3 link to the file"},
+    },
 )
 def get_week_export(
     season: Season, week: Week, fmt: Format = "csv", tiebreak: TiebreakParam = None

@@ -62,7 +62,10 @@ def get_me(principal: Principal = caller(Role.USER)) -> UserProfile:
 
 
 @verification_router.post(
-    "/api/verifications", status_code=status.HTTP_201_CREATED, **access(Role.SERVICE)
+    "/api/verifications",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": VerificationOut, "description": "The session was already known"}},
+    **access(Role.SERVICE),
 )
 def post_verification(body: VerificationIn, response: Response) -> VerificationOut:
     session, created = service.record_verification(body)

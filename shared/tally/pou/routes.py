@@ -47,7 +47,7 @@ DidHeader = Annotated[
 @router.post(
     "/api/receipts",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "The negotiation's receipt already exists"}},
+    responses={200: {"model": ReceiptOut, "description": "The negotiation's receipt existed"}},
     **access(Role.SERVICE),
 )
 def post_receipt(body: ReceiptIn, response: Response) -> ReceiptOut:
@@ -99,7 +99,7 @@ def get_pou_health() -> PouHealthOut:
 @router.post(
     "/api/admin/agents",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "The agent existed and was updated"}},
+    responses={200: {"model": AgentOut, "description": "The agent existed and was updated"}},
     **access(Role.ADMIN),
 )
 def post_agent(body: AgentIn, response: Response) -> AgentOut:
