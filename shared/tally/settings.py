@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     db_name_override: str | None = Field(None, validation_alias="DB_NAME")
     db_connect_timeout_s: int = Field(5, validation_alias="DB_CONNECT_TIMEOUT")
     db_statement_timeout_ms: int = Field(30_000, validation_alias="DB_STATEMENT_TIMEOUT_MS")
+    db_ping_after_idle_s: float = Field(
+        10.0,
+        validation_alias="DB_PING_AFTER_IDLE_SECONDS",
+        ge=0,
+        description="A connection idle this long is checked before it is reused.",
+    )
     secret_max_age_s: int = Field(300, validation_alias="DB_SECRET_MAX_AGE")
 
     auth_mode: Literal["local", "apigw"] = Field("local", validation_alias="TALLY_AUTH_MODE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,10 @@ logger = Logger(child=True)
 # A value PostgreSQL refused to store or compare (out of range, bad encoding): the API maps it
 # to a 422 as a safety net behind the boundary models.
 DataError = psycopg.errors.DataError
+
+# The connection (or the server) failed, not the work: the caller should stop and let the next
+# invocation, on a new connection, redo what was rolled back.
+ConnectionLost = psycopg.OperationalError
 
 _local = threading.local()
 
@@ -65,15 +70,18 @@ def get_connection() -> psycopg.Connection[dict[str, Any]]:
     Lambda environments would.
     """
     conn: psycopg.Connection[dict[str, Any]] | None = getattr(_local, "conn", None)
+    now = time.monotonic()
+    idle_s = now - getattr(_local, "used_at", now)
+    _local.used_at = now
     if conn is not None and not conn.closed and not conn.broken:
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if idle and (idle_s < get_settings().db_ping_after_idle_s or _alive(conn)):
             return conn
-        # A previous invocation died inside a transaction: discard its work.
-        try:
-            conn.rollback()
-            return conn
-        except psycopg.Error:
-            pass
+        if not idle:
+            # A previous invocation died inside a transaction: discard its work.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+                return conn
     if conn is not None:
         logger.warning("Reopening database connection", extra={"broken": conn.broken})
         with contextlib.suppress(psycopg.Error):
@@ -81,6 +89,16 @@ def get_connection() -> psycopg.Connection[dict[str, Any]]:
     conn = connect()
     _local.conn = conn
     return conn
+
+
+def _alive(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+    """After a quiet spell the server (or RDS Proxy) may have dropped the connection: one
+    round trip finds out before an invocation's work depends on it."""
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
 
 
 def close_connection() -> None:
