@@ -74,10 +74,11 @@ def signed(
 def attest(
     client: httpx.Client, task_id: str, by: Agent, body: dict[str, Any], headers: Any = None
 ) -> httpx.Response:
+    """As the attester itself (its own user token), unless other headers are given."""
     return client.post(
         f"/api/receipts/{task_id}/attestations",
         json=body,
-        headers={**(headers or SERVICE), "X-AINP-DID": by.did},
+        headers={**(headers or auth(by.did, "user")), "X-AINP-DID": by.did},
     )
 
 
@@ -261,6 +262,22 @@ def test_attestation_authorization_rules(
         assert client.post(path, json={}, headers=SERVICE).status_code == 403
 
 
+def test_a_backend_naming_an_attester_must_bring_its_signature(
+    client: httpx.Client, db: psycopg.Connection[Any], cast: dict[str, Any]
+) -> None:
+    receipt = new_receipt(cast)
+    task_id = receipt["id"]
+    member = by_did(cast, receipt["committee"][0])
+    unsigned = {"type": "AUDIT_PASS", "score": 0.9, "confidence": 0.9}
+    r = attest(client, task_id, member, unsigned, headers=SERVICE)
+    assert (r.status_code, r.json()["code"]) == (403, "SIGNATURE_REQUIRED")
+    r = attest(client, task_id, member, unsigned, headers=ADMIN)  # admins cannot speak for agents
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+    assert count(db, "SELECT count(*) FROM task_attestations") == 0
+    r = attest(client, task_id, member, signed(task_id, member, "AUDIT_PASS", 0.9, 0.9), SERVICE)
+    assert r.status_code == 201, r.text
+
+
 def test_quorum_counts_only_active_qualifying_attesters(
     client: httpx.Client, cast: dict[str, Any]
 ) -> None:
@@ -340,6 +357,9 @@ def test_signatures_verify_against_the_dids_key(
         headers=ADMIN,
     )
     assert (r.status_code, r.json()["code"]) == (409, "KEY_CONFLICT")
+    junk = {"did": "did:web:junk.example", "public_key": "!!!!" + "A" * 40}
+    r = client.post("/api/admin/agents", json=junk, headers=ADMIN)
+    assert (r.status_code, r.json()["code"]) == (422, "INVALID_KEY")
     mismatch = {"did": member.did, "public_key": base64.urlsafe_b64encode(public).decode()}
     r = client.post("/api/admin/agents", json=mismatch, headers=ADMIN)
     assert (r.status_code, r.json()["code"]) == (422, "KEY_MISMATCH")
@@ -358,6 +378,11 @@ def test_canonical_json_follows_rfc_8785() -> None:
     assert identity.canonical_json(0.00001) == "0.00001"
     assert identity.canonical_json(0.1 + 0.2) == "0.30000000000000004"
     assert identity.canonical_json(1.5e-9) == "1.5e-9"
+    assert identity.canonical_json(float(2**60)) == "1152921504606847000"  # as ECMAScript
+    assert identity.canonical_json(1e21) == "1e+21"
+    assert identity.canonical_json({"é": 1}) == '{"é":1}'
+    with pytest.raises(identity.IdentityError):
+        identity.canonical_json(10**400)
     key, did = identity.new_identity(bytes(32))
     assert did.startswith("did:key:z6Mk")
     assert identity.public_key_of(did) == key.public_key().public_bytes_raw()
@@ -401,14 +426,16 @@ def test_receipts_are_idempotent_per_negotiation(
     again = client.post("/api/receipts", json=body, headers=SERVICE)
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
-    changed = client.post("/api/receipts", json={**body, "amount_atomic": "5"}, headers=SERVICE)
-    assert (changed.status_code, changed.json()["code"]) == (409, "NEGOTIATION_CONFLICT")
+    for change in ({"amount_atomic": "5"}, {"metrics": {"latency_ms": 7}}, {"k": 2}):
+        changed = client.post("/api/receipts", json={**body, **change}, headers=SERVICE)
+        assert (changed.status_code, changed.json()["code"]) == (409, "NEGOTIATION_CONFLICT")
     for bad in (
         {**body, "client_did": body["agent_did"]},
         {**body, "negotiation_id": "n2", "k": 7, "m": 5},
         {**body, "negotiation_id": "n3", "amount_atomic": -1},
         {**body, "negotiation_id": "n4", "amount_atomic": 1.5},
         {**body, "negotiation_id": "n5", "metrics": {"latency_ms": -3}},
+        {**body, "negotiation_id": "n5b", "metrics": {"latency_ms": 10**400}},
         {**body, "negotiation_id": "n6", "agent_did": "did:key:zzzz"},
         {**body, "negotiation_id": "n7", "intent_id": "x" * 201},
         {**body, "negotiation_id": "n8", "surprise": True},
@@ -427,8 +454,10 @@ def test_receipts_are_idempotent_per_negotiation(
 
 
 def test_committee_is_the_most_trusted_eligible_agents(
-    db: psycopg.Connection[Any], cast: dict[str, Any]
+    db: psycopg.Connection[Any], cast: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("POU_COMMITTEE_MIN_STAKE", "1")
+    reset_settings()
     auditors = cast["auditors"]
     # Give the auditors distinct trust; one is suspended, one has no stake.
     for i, auditor in enumerate(auditors):
@@ -594,6 +623,44 @@ def test_finalizer_logs_the_guides_lines_and_can_be_disabled(
     assert count(db, "SELECT count(*) FROM task_receipts WHERE status = 'pending'") == 1
 
 
+def test_a_receipt_the_finalizer_cannot_process_fails_alone(
+    db: psycopg.Connection[Any], cast: dict[str, Any]
+) -> None:
+    """A value the batch statement cannot process (simulated: the database refuses one agent's
+    reputation update as out of range) must not hold back every other receipt, every minute."""
+    other = make_agent(3)
+    register([other], stake=0)
+    good = quorate_receipts(db, cast, 3)
+    (bad,) = quorate_receipts(db, {**cast, "agent": other}, 1)
+    db.execute(
+        f"""
+        CREATE FUNCTION refuse_reputation() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.agent_id = '{other.did}' THEN
+                RAISE EXCEPTION 'value out of range' USING ERRCODE = '22003';
+            END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_reputation BEFORE UPDATE ON agent_reputation "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_reputation()"
+    )
+    try:
+        outcome = service.run_finalizer()
+    finally:
+        db.execute("DROP TRIGGER refuse_reputation ON agent_reputation")
+        db.execute("DROP FUNCTION refuse_reputation()")
+    assert (outcome.finalized, outcome.failed) == (3, 1)
+    statuses = {
+        r["id"]: r["status"]
+        for r in db.execute("SELECT id::text, status FROM task_receipts").fetchall()
+    }
+    assert [statuses[g] for g in good] == ["finalized"] * 3 and statuses[bad] == "failed"
+    assert service.run_finalizer().finalized == 0  # and it is not retried every minute
+
+
 def test_finalizer_stops_before_the_deadline(
     db: psycopg.Connection[Any], cast: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -610,8 +677,13 @@ def test_finalizer_stops_before_the_deadline(
 
 
 def test_slash_lowers_the_stake_and_reputation_once(
-    client: httpx.Client, db: psycopg.Connection[Any], cast: dict[str, Any]
+    client: httpx.Client,
+    db: psycopg.Connection[Any],
+    cast: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("POU_COMMITTEE_MIN_STAKE", "1")
+    reset_settings()
     auditor = cast["auditors"][0]
     path = f"/api/admin/agents/{auditor.did}/slash"
     body = {"amount_atomic": "40", "reason": "false audit", "reference": "case-7"}
@@ -624,6 +696,8 @@ def test_slash_lowers_the_stake_and_reputation_once(
     retry = client.post(path, json=body, headers=ADMIN).json()
     assert not retry["applied"] and retry["stake"]["amount_locked"] == "60"
     assert retry["reputation"]["q"] == pytest.approx(0.45)
+    reused = client.post(path, json={**body, "amount_atomic": "41"}, headers=ADMIN)
+    assert (reused.status_code, reused.json()["code"]) == (409, "REFERENCE_CONFLICT")
     r = client.post(
         path, json={**body, "amount_atomic": "61", "reference": "case-8"}, headers=ADMIN
     )
@@ -700,3 +774,17 @@ def test_aggregator_scores_agents_and_splits_each_hours_pool_exactly_once(
         (now.replace(minute=0),),
     ).fetchone()
     assert split == {"total": 10, "n": 2}
+
+
+def test_the_aggregator_can_be_switched_off(
+    db: psycopg.Connection[Any], cast: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quorate_receipts(db, cast, 1)
+    service.run_finalizer()
+    monkeypatch.setenv("USEFULNESS_AGGREGATOR_ENABLED", "false")
+    reset_settings()
+    assert service.aggregate_usefulness().ran is False
+    assert count(db, "SELECT count(*) FROM agent_usefulness") == 0
+    monkeypatch.setenv("USEFULNESS_AGGREGATOR_ENABLED", "true")
+    reset_settings()
+    assert service.aggregate_usefulness().agents_scored >= 1

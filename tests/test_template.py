@@ -671,7 +671,11 @@ def test_built_layer_binaries_are_for_the_lambda_runtime(
 
 def test_the_guides_matchmaking_alerts_are_alarms(cfn: dict[str, Any]) -> None:
     alarms = _resources_of(cfn, "AWS::CloudWatch::Alarm")
-    by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values()}
+    by_metric = {
+        a["Properties"]["MetricName"]: a["Properties"]
+        for a in alarms.values()
+        if "MetricName" in a["Properties"]
+    }
     queue = by_metric["MatchQueueDepth"]
     assert (queue["Threshold"], queue["ComparisonOperator"]) == (30, "LessThanThreshold")
     assert "WARNING" in queue["AlarmDescription"]
@@ -681,7 +685,7 @@ def test_the_guides_matchmaking_alerts_are_alarms(cfn: dict[str, Any]) -> None:
     down = by_metric["MatchMetricsRecorded"]
     assert (down["Period"], down["EvaluationPeriods"], down["Statistic"]) == (600, 1, "SampleCount")
     assert down["TreatMissingData"] == "breaching"
-    for alarm in by_metric.values():
+    for alarm in (queue, active, down):
         assert alarm["Namespace"] == "Tally"
         assert alarm["Dimensions"] == [{"Name": "service", "Value": "tally"}]
         assert alarm["AlarmActions"] == [{"Ref": "OperationsAlarmsTopic"}]
@@ -704,3 +708,84 @@ def test_matchmaking_jobs_emit_the_metrics_the_alarms_watch(
         tuple(d) for blob in emf for m in blob["_aws"]["CloudWatchMetrics"] for d in m["Dimensions"]
     }
     assert ("service",) in dims
+
+
+def test_operations_alarms_cover_what_operators_watch(
+    cfn: dict[str, Any], tpl: template_mod.Template
+) -> None:
+    alarms = _resources_of(cfn, "AWS::CloudWatch::Alarm")
+    by_metric: dict[str, Any] = {}
+    watched_jobs: set[str] = set()
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "OperationsAlarmsTopic"}]
+        if "MetricName" in props:
+            by_metric[props["MetricName"]] = props
+            if props["Namespace"] == "Tally":
+                assert props["Dimensions"] == [{"Name": "service", "Value": "tally"}]
+        for query in props.get("Metrics", []):
+            stat = query.get("MetricStat")
+            if stat and stat["Metric"]["MetricName"] == "Errors":
+                watched_jobs.add(stat["Metric"]["Dimensions"][0]["Value"]["Ref"])
+    scheduled = {fn.logical_id for fn in tpl.functions.values() if fn.schedules}
+    assert watched_jobs == scheduled  # every job's errors, in the job-error alarms
+    assert by_metric["ApproximateNumberOfMessagesVisible"]["Threshold"] == 0  # the DLQ
+    assert by_metric["5xx"]["Threshold"] == 0
+    assert by_metric["Latency"]["ExtendedStatistic"] == "p95"
+    assert by_metric["LedgerMismatches"]["ComparisonOperator"] == "GreaterThanThreshold"
+    for metric in ("PouPendingOverOneHour", "PouShortCommittees", "PouPendingReceipts"):
+        assert metric in by_metric
+    assert {"MatchQueueDepth", "MatchActiveVoting", "MatchMetricsRecorded"} <= set(by_metric)
+
+
+def test_the_dashboard_shows_every_alarm_and_job(
+    cfn: dict[str, Any], tpl: template_mod.Template
+) -> None:
+    (dashboard,) = _resources_of(cfn, "AWS::CloudWatch::Dashboard").values()
+    body_template = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = json.loads(body_template)  # valid JSON before substitution
+    names = {w["properties"]["title"] for w in body["widgets"]}
+    assert {"Alarms", "API latency (ms)", "Job errors", "Jobs dead-letter queue"} <= names
+    for logical_id in _resources_of(cfn, "AWS::CloudWatch::Alarm"):
+        assert f"${{{logical_id}.Arn}}" in body_template
+    for fn in tpl.functions.values():
+        if fn.schedules:
+            assert f"${{{fn.logical_id}}}" in body_template
+
+
+def test_functions_get_only_what_they_use() -> None:
+    """Least privilege: the database secret by ARN, the export prefix of one bucket, one
+    function to invoke; no wildcard actions, no '*' resources."""
+    raw = load_raw(ROOT / "template.yaml")
+    allowed_templates = {"AWSSecretsManagerGetSecretValuePolicy"}
+    for name, resource in raw["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            assert isinstance(policy, dict), (name, policy)
+            (kind, value), *_ = policy.items()
+            if kind in allowed_templates:
+                assert "Ref" in json.dumps(value["SecretArn"]), name
+                continue
+            assert kind == "Statement", (name, kind)
+            for statement in value:
+                actions = statement["Action"]
+                for action in actions if isinstance(actions, list) else [actions]:
+                    assert "*" not in action, (name, action)
+                resource_text = json.dumps(statement["Resource"])
+                assert resource_text not in ('"*"', '["*"]'), name
+                assert "/exports/*" in resource_text or "*" not in resource_text, name
+
+
+def test_write_routes_are_throttled_per_route(tpl: template_mod.Template) -> None:
+    raw = load_raw(ROOT / "template.yaml")
+    settings = raw["Resources"]["HttpApi"]["Properties"]["RouteSettings"]
+    writes = {
+        f"{r.method} {r.path}"
+        for fn in tpl.functions.values()
+        for r in fn.routes
+        if r.method not in ("GET", "HEAD")
+    }
+    assert writes == set(settings)
+    for limits in settings.values():
+        assert 0 < limits["ThrottlingRateLimit"] <= limits["ThrottlingBurstLimit"]

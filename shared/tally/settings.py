@@ -181,10 +181,11 @@ class Settings(BaseSettings):
         description="Attestation requests one DID may make per hour.",
     )
     pou_committee_min_stake: int = Field(
-        1,
+        0,
         validation_alias="POU_COMMITTEE_MIN_STAKE",
         ge=0,
-        description="Atomic units an agent must have locked to sit on a committee (0: none).",
+        description="Atomic units an agent must have locked (and not yet unlockable) to sit on "
+        "a committee; 0: any active agent.",
     )
     pou_finalizer_batch: int = Field(1000, validation_alias="POU_FINALIZER_BATCH", ge=1, le=50_000)
     pou_reputation_alpha: float = Field(0.2, validation_alias="POU_REPUTATION_ALPHA", gt=0, le=1)
@@ -202,6 +203,9 @@ class Settings(BaseSettings):
     usefulness_window_days: int = Field(
         30, validation_alias="USEFULNESS_WINDOW_DAYS", ge=1, le=3650
     )
+    usefulness_aggregator_enabled: bool = Field(
+        True, validation_alias="USEFULNESS_AGGREGATOR_ENABLED"
+    )
     usefulness_reward_pool_enabled: bool = Field(
         False, validation_alias="USEFULNESS_REWARD_POOL_ENABLED"
     )
@@ -209,6 +213,7 @@ class Settings(BaseSettings):
         1_000_000_000,
         validation_alias="USEFULNESS_REWARD_POOL_HOURLY",
         ge=0,
+        le=10**30,
         description="Atomic units shared each hour among agents by that hour's useful work.",
     )
     usefulness_reward_catchup_hours: int = Field(

@@ -66,21 +66,25 @@ def public_key_of(did: str) -> bytes | None:
 
 
 def _number(value: float | int) -> str:
-    """A number as ECMAScript prints it (RFC 8785 section 3.2.2.3)."""
+    """A number as ECMAScript prints it (RFC 8785 section 3.2.2.3): JSON numbers are doubles."""
     if isinstance(value, bool):
         raise IdentityError("booleans are not numbers")
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, int) and abs(value) <= 2**53:
+        return str(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise IdentityError("the number is out of range") from exc
+    if not math.isfinite(number):
         raise IdentityError("numbers must be finite")
-    if value == 0:
+    if number == 0:
         return "0"
-    if float(value).is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    shortest = repr(float(value))  # the shortest round-trip digits, as ECMAScript uses
+    shortest = repr(number)  # the shortest round-trip digits, as ECMAScript uses
     mantissa, _, exp_text = shortest.partition("e")
-    exponent = int(exp_text) if exp_text else 0
-    decimal = Decimal(mantissa).scaleb(exponent)
-    if 1e-6 <= abs(value) < 1e21:
-        return format(decimal, "f")
+    decimal = Decimal(mantissa).scaleb(int(exp_text) if exp_text else 0)
+    if 1e-6 <= abs(number) < 1e21:
+        text = format(decimal, "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
     digits, _, power = format(decimal.normalize(), "e").partition("e")
     return f"{digits}e{'+' if int(power) > 0 else '-'}{abs(int(power))}"
 
@@ -101,9 +105,10 @@ def canonical_json(value: Any) -> str:
         return "[" + ",".join(canonical_json(v) for v in value) + "]"
     if isinstance(value, dict):
         keys = sorted(value, key=lambda k: str(k).encode("utf-16-be"))
-        return (
-            "{" + ",".join(f"{json.dumps(str(k))}:{canonical_json(value[k])}" for k in keys) + "}"
+        members = (
+            f"{json.dumps(str(k), ensure_ascii=False)}:{canonical_json(value[k])}" for k in keys
         )
+        return "{" + ",".join(members) + "}"
     raise IdentityError(f"{type(value).__name__} has no JSON form")
 
 

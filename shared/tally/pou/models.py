@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from tally.points.models import WalletAddress
 from tally.validation import check_json_value, text
 
 DID_PATTERN = r"^did:[a-z0-9]+:[A-Za-z0-9._:%\-]+$"
@@ -53,7 +54,9 @@ PositiveAtomic = Annotated[
     Field(ge=1, le=MAX_ATOMIC),
     PlainSerializer(str, return_type=str, when_used="json"),
 ]
-Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# Strict: "0.5" or true would be stored as 0.5 or 1 and then fail the signature check.
+Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
+MAX_LATENCY_MS = 10**12
 
 
 class PouJobInput(BaseModel):
@@ -92,9 +95,13 @@ class ReceiptIn(BaseModel):
         check_json_value(value, where="metrics")
         latency = value.get("latency_ms")
         if latency is not None and (
-            isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0
+            isinstance(latency, bool)
+            or not isinstance(latency, int | float)
+            or not 0 <= latency <= MAX_LATENCY_MS
         ):
-            raise ValueError("metrics.latency_ms is a number of milliseconds, at least 0")
+            raise ValueError(
+                f"metrics.latency_ms is a number of milliseconds from 0 to {MAX_LATENCY_MS}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -226,7 +233,9 @@ class AgentIn(BaseModel):
         description="base64url Ed25519 public key; derived from the DID for did:key agents.",
     )
     status: Literal["active", "suspended"] = "active"
-    wallet_address: text(128, min_length=3) | None = None  # type: ignore[valid-type]
+    wallet_address: WalletAddress | None = Field(
+        None, description="Where points for finalized work go (the DID's own row if absent)."
+    )
 
 
 class AgentOut(BaseModel):
@@ -273,6 +282,8 @@ class FinalizerOutcome(BaseModel):
     batches: int = 0
     points_awarded: int = 0
     short_committees: int = 0
+    pending_over_1h: int = 0
+    failed: int = 0
     stopped_early: bool = False
 
 

@@ -47,28 +47,29 @@ SELECT
 """
 
 
+# A pending receipt whose distinct qualifying attesters reach its k.
+QUORATE = f"""
+    r.status = 'pending'
+    AND (SELECT count(DISTINCT a.by_did) FROM task_attestations a
+         {QUALIFYING}
+         WHERE a.task_id = r.id) >= r.k
+"""
+
+
 def _finalize_sql(*, one: bool) -> str:
-    """Pending receipts whose distinct qualifying attesters reach k become finalized, oldest
-    first, at most %(batch)s. The batch skips receipts another finalizer holds; a single
-    receipt (the API) waits for it instead. Status is re-checked under the row lock, so a
-    receipt is finalized once however many run."""
+    """Quorate receipts become finalized, oldest first, at most %(batch)s. The rows are locked
+    where they are chosen (`FOR NO KEY UPDATE`, which attestation inserts' key-share locks do
+    not block): a batch skips receipts another finalizer holds, so concurrent runs split the
+    work; a single receipt (the API) waits for its holder instead. Quorum and status are
+    re-checked under the lock, so a receipt is finalized once however many run."""
     only = "AND r.id = %(task_id)s" if one else ""
-    lock = "FOR UPDATE OF r" if one else "FOR UPDATE OF r SKIP LOCKED"
+    lock = "FOR NO KEY UPDATE" if one else "FOR NO KEY UPDATE SKIP LOCKED"
     return f"""
-WITH quorum AS (
-    SELECT r.id, r.created_at
-    FROM task_receipts r
-    JOIN task_attestations a ON a.task_id = r.id
-    {QUALIFYING}
-    WHERE r.status = 'pending' {only}
-    GROUP BY r.id
-    HAVING count(DISTINCT a.by_did) >= r.k
+WITH locked AS (
+    SELECT r.id FROM task_receipts r
+    WHERE {QUORATE} {only}
     ORDER BY r.created_at, r.id
     LIMIT %(batch)s
-),
-locked AS (
-    SELECT r.id FROM task_receipts r JOIN quorum q ON q.id = r.id
-    WHERE r.status = 'pending'
     {lock}
 )
 UPDATE task_receipts r SET status = 'finalized', finalized_at = now()
@@ -84,8 +85,8 @@ FINALIZE_ONE = _finalize_sql(one=True)
 # dimension keeps its value). Latency is normalised at %(norm)s ms.
 OBSERVATIONS = {
     "q": "avg(a.score) FILTER (WHERE a.type IN ('ACCEPTED', 'AUDIT_PASS', 'QUALITY_HIGH'))",
-    "t": "CASE WHEN jsonb_typeof(r.metrics -> 'latency_ms') = 'number' THEN 1 - least("
-    "(r.metrics ->> 'latency_ms')::float8 / %(norm)s, 1) END",
+    "t": "CASE WHEN jsonb_typeof(r.metrics -> 'latency_ms') = 'number' THEN (1 - least("
+    "(r.metrics ->> 'latency_ms')::numeric / %(norm)s::numeric, 1))::float8 END",
     "r": "1.0::float8",
     "s": "avg(a.score) FILTER (WHERE a.type = 'SAFETY_PASS')",
     "v": "avg(a.score) FILTER (WHERE a.type = 'AUDIT_PASS')",
@@ -318,7 +319,8 @@ class PouRepository:
                 LEFT JOIN agent_stakes st ON st.agent_id = ag.did
                 WHERE ag.status = 'active'
                   AND ag.did NOT IN (%(agent_did)s, %(client_did)s)
-                  AND coalesce(st.amount_locked, 0) >= %(min_stake)s
+                  AND (%(min_stake)s = 0 OR (st.amount_locked >= %(min_stake)s
+                       AND (st.locked_until IS NULL OR st.locked_until > now())))
                 ORDER BY trust DESC, tiebreak
                 LIMIT %(m)s
             )
@@ -335,12 +337,16 @@ class PouRepository:
             {**values, "metrics": Jsonb(values["metrics"]), "min_stake": min_stake},
         ).fetchone()
 
-    def receipt(self, task_id: UUID, *, by_negotiation: str | None = None) -> Row | None:
+    def receipt(
+        self, task_id: UUID, *, by_negotiation: str | None = None, share: bool = False
+    ) -> Row | None:
+        """`share` holds the receipt (FOR SHARE) so no finalizer changes it until commit."""
         if by_negotiation is not None:
             return self.conn.execute(
                 "SELECT * FROM task_receipts WHERE negotiation_id = %s", (by_negotiation,)
             ).fetchone()
-        return self.conn.execute("SELECT * FROM task_receipts WHERE id = %s", (task_id,)).fetchone()
+        sql = "SELECT * FROM task_receipts WHERE id = %s" + (" FOR SHARE" if share else "")
+        return self.conn.execute(sql, (task_id,)).fetchone()
 
     def attestations(self, task_id: UUID) -> list[Row]:
         return self.conn.execute(
@@ -401,6 +407,28 @@ class PouRepository:
         row = self.conn.execute(
             "SELECT count(*) AS n FROM task_receipts "
             "WHERE status = 'pending' AND cardinality(committee) < m"
+        ).fetchone()
+        return int(row["n"]) if row else 0
+
+    def quorate_ids(self, limit: int) -> list[UUID]:
+        rows = self.conn.execute(
+            f"SELECT r.id FROM task_receipts r WHERE {QUORATE} ORDER BY r.created_at, r.id "
+            "LIMIT %s",
+            (limit,),
+        ).fetchall()
+        return [r["id"] for r in rows]
+
+    def mark_failed(self, task_id: UUID) -> None:
+        self.conn.execute(
+            "UPDATE task_receipts SET status = 'failed' WHERE id = %s AND status = 'pending'",
+            (task_id,),
+        )
+
+    def pending_over(self, age: timedelta) -> int:
+        row = self.conn.execute(
+            "SELECT count(*) AS n FROM task_receipts "
+            "WHERE status = 'pending' AND created_at < now() - %s",
+            (age,),
         ).fetchone()
         return int(row["n"]) if row else 0
 
@@ -485,6 +513,12 @@ class PouRepository:
             (did, kind, amount, reference, reason, task_id, locked_until),
         ).fetchone()
         return row is not None
+
+    def stake_event(self, did: str, kind: str, reference: str) -> Row | None:
+        return self.conn.execute(
+            "SELECT * FROM agent_stake_events WHERE agent_id = %s AND kind = %s AND reference = %s",
+            (did, kind, reference),
+        ).fetchone()
 
     def lock_stake(self, did: str, amount: int, locked_until: datetime | None) -> None:
         self.conn.execute(

@@ -8,8 +8,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Response, status
 
-from tally.api.deps import access, acting_for, caller
+from tally.api.deps import access, caller
 from tally.auth import Principal, Role
+from tally.errors import Forbidden
 from tally.pou import service
 from tally.pou.models import (
     DID_PATTERN,
@@ -78,7 +79,11 @@ def post_attestation(
     did: DidHeader,
     principal: Principal = caller(Role.USER),
 ) -> AttestationOut:
-    return service.attest(task_id, acting_for(principal, did), body)
+    if did != principal.subject and not principal.has(Role.SERVICE):
+        raise Forbidden(
+            "Only a service may name another attester; a member's token attests as itself"
+        )
+    return service.attest(task_id, did, body, delegated=did != principal.subject)
 
 
 @router.post("/api/receipts/{task_id}/finalize", **access(Role.USER))

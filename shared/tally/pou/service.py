@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 from aws_lambda_powertools import Logger
 
 from tally import ratelimit
-from tally.db.connection import read_snapshot, transaction
+from tally.db.connection import DataError, read_snapshot, transaction
 from tally.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tally.observability import metrics
 from tally.pou import identity
@@ -45,6 +45,20 @@ POU_RULE_VERSION = "pou-v1"
 ATTESTATION_SCOPE = "pou_attestations"
 # Types anyone on the receipt but its agent may give (client or committee).
 OPEN_TYPES = ("SAFETY_PASS", "QUALITY_HIGH", "EFFICIENCY_HIGH")
+# What a resent settlement must repeat to count as the same one.
+RECEIPT_FACTS = (
+    "intent_id",
+    "agent_did",
+    "client_did",
+    "intent_type",
+    "inputs_ref",
+    "outputs_ref",
+    "metrics",
+    "payment_request_id",
+    "amount_atomic",
+    "k",
+    "m",
+)
 
 
 def _key_of(did: str) -> bytes | None:
@@ -103,8 +117,7 @@ def create_receipt(body: ReceiptIn) -> tuple[ReceiptOut, bool]:
                     f"Task id {values['id']} belongs to another negotiation",
                     code="TASK_ID_CONFLICT",
                 )
-            same = ("intent_id", "agent_did", "client_did", "intent_type", "amount_atomic")
-            if any(row[f] != values[f] for f in same) or (
+            if any(row[f] != values[f] for f in RECEIPT_FACTS) or (
                 body.task_id is not None and row["id"] != body.task_id
             ):
                 raise Conflict(
@@ -187,12 +200,14 @@ def _check_role(receipt: Row, by_did: str, type_: str) -> None:
 
 
 def _check_signature(
-    task_id: UUID, by_did: str, body: AttestationIn, key: bytes | None, settings: Settings
+    task_id: UUID, by_did: str, body: AttestationIn, key: bytes | None, required: bool
 ) -> None:
     if body.signature is None:
-        if settings.pou_require_signatures:
+        if required:
             raise Forbidden(
-                "Attestations must be signed by the attester's key", code="SIGNATURE_REQUIRED"
+                "This attestation must be signed by the attester's key (signatures are "
+                "required, or the caller is a backend naming the attester)",
+                code="SIGNATURE_REQUIRED",
             )
         return
     if key is None:
@@ -213,16 +228,22 @@ def _check_signature(
         )
 
 
-def attest(task_id: UUID, by_did: str, body: AttestationIn) -> AttestationOut:
+def attest(
+    task_id: UUID, by_did: str, body: AttestationIn, *, delegated: bool = False
+) -> AttestationOut:
     """One attestation by one party of the receipt, checked in this order: rate limit, the
-    receipt, the attester, its role, its signature, one per (task, attester, type)."""
+    receipt, the attester, its role, its signature, one per (task, attester, type).
+
+    `delegated`: a backend names the attester (the token is not the DID's own), so only the
+    DID's signature proves the DID said it: required then, whatever POU_REQUIRE_SIGNATURES."""
     settings = get_settings()
     ratelimit.enforce(
         ATTESTATION_SCOPE, by_did, settings.pou_attestations_per_hour, timedelta(hours=1)
     )
     with transaction() as conn:
         repo = PouRepository(conn)
-        receipt = repo.receipt(task_id)
+        # Held until commit: a finalizer cannot close the receipt under a late attestation.
+        receipt = repo.receipt(task_id, share=True)
         if receipt is None:
             raise NotFound(f"No receipt {task_id}")
         if receipt["status"] != "pending":
@@ -238,7 +259,7 @@ def attest(task_id: UUID, by_did: str, body: AttestationIn) -> AttestationOut:
             raise Forbidden(f"{by_did} is suspended", code="AGENT_SUSPENDED")
         _check_role(receipt, by_did, body.type)
         key = attester["public_key"] or _key_of(by_did)
-        _check_signature(task_id, by_did, body, key, settings)
+        _check_signature(task_id, by_did, body, key, settings.pou_require_signatures or delegated)
         row = repo.add_attestation(task_id, by_did, body.model_dump())
         if row is None:
             raise Conflict(
@@ -309,6 +330,29 @@ def _log_finalized(rows: list[Row]) -> None:
         )
 
 
+def _finalize_one_by_one(settings: Settings, outcome: FinalizerOutcome) -> list[Row]:
+    with read_snapshot() as conn:
+        candidates = PouRepository(conn).quorate_ids(settings.pou_finalizer_batch)
+    done: list[Row] = []
+    for task_id in candidates:
+        try:
+            with transaction() as conn:
+                repo = PouRepository(conn)
+                rows = repo.finalize(1, task_id)
+                if rows:
+                    outcome.points_awarded += _settle(repo, rows, settings)
+            done += rows
+        except DataError:
+            with transaction() as conn:
+                PouRepository(conn).mark_failed(task_id)
+            outcome.failed += 1
+            logger.exception(
+                "[PoU Finalizer] Receipt cannot be finalized; marked failed",
+                extra={"task_id": str(task_id)},
+            )
+    return done
+
+
 def run_finalizer(remaining_ms: Callable[[], int] | None = None) -> FinalizerOutcome:
     """Finalize every pending receipt whose quorum is in, batch by batch (one transaction
     each), until none is left or the deadline nears. Concurrent runs split the work."""
@@ -319,22 +363,29 @@ def run_finalizer(remaining_ms: Callable[[], int] | None = None) -> FinalizerOut
     with read_snapshot() as conn:
         repo = PouRepository(conn)
         outcome = FinalizerOutcome(
-            pending=repo.pending_count(), short_committees=repo.short_committees()
+            pending=repo.pending_count(),
+            short_committees=repo.short_committees(),
+            pending_over_1h=repo.pending_over(timedelta(hours=1)),
         )
     logger.info(f"[PoU Finalizer] Checking {outcome.pending} pending receipts")
     while True:
         if remaining_ms is not None and remaining_ms() < settings.job_safety_margin_ms:
             outcome.stopped_early = True
             break
-        with transaction() as conn:
-            repo = PouRepository(conn)
-            done = repo.finalize(settings.pou_finalizer_batch)
-            if done:
-                outcome.points_awarded += _settle(repo, done, settings)
+        try:
+            with transaction() as conn:
+                repo = PouRepository(conn)
+                done = repo.finalize(settings.pou_finalizer_batch)
+                if done:
+                    outcome.points_awarded += _settle(repo, done, settings)
+        except DataError:
+            # A value the batch cannot process: take the quorate receipts one by one, so a
+            # bad one fails alone instead of holding back every run.
+            done = _finalize_one_by_one(settings, outcome)
         outcome.batches += 1
         outcome.finalized += len(done)
         _log_finalized(done)
-        if len(done) < settings.pou_finalizer_batch:
+        if not done:  # a short batch may only mean another finalizer holds the rest
             break
     if outcome.short_committees:
         logger.warning(
@@ -344,6 +395,8 @@ def run_finalizer(remaining_ms: Callable[[], int] | None = None) -> FinalizerOut
     metrics.add_metric(name="PouPendingReceipts", unit="Count", value=outcome.pending)
     metrics.add_metric(name="PouReceiptsFinalized", unit="Count", value=outcome.finalized)
     metrics.add_metric(name="PouShortCommittees", unit="Count", value=outcome.short_committees)
+    metrics.add_metric(name="PouPendingOverOneHour", unit="Count", value=outcome.pending_over_1h)
+    metrics.add_metric(name="PouReceiptsFailed", unit="Count", value=outcome.failed)
     metrics.add_metric(name="PouPointsAwarded", unit="Count", value=outcome.points_awarded)
     logger.info("[PoU Finalizer] Run finished", extra=outcome.model_dump())
     return outcome
@@ -397,8 +450,9 @@ def register_agent(body: AgentIn) -> tuple[AgentOut, bool]:
     derived = _key_of(body.did)
     given = None
     if body.public_key is not None:
+        padded = body.public_key + "=" * (-len(body.public_key) % 4)
         try:
-            given = base64.urlsafe_b64decode(body.public_key + "=" * (-len(body.public_key) % 4))
+            given = base64.b64decode(padded, altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput("public_key is not base64url", code="INVALID_KEY") from exc
         if len(given) != 32:
@@ -421,6 +475,20 @@ def _require_agent(repo: PouRepository, did: str) -> None:
         raise NotFound(f"No agent {did}", code="UNKNOWN_AGENT")
 
 
+def _same_event(
+    repo: PouRepository, did: str, kind: str, reference: str, amount: int, detail: object
+) -> None:
+    """A reference already applied: fine when the retry asks for the same thing."""
+    event = repo.stake_event(did, kind, reference)
+    assert event is not None
+    stored = event["locked_until"] if kind == "lock" else event["reason"]
+    if int(event["amount_atomic"]) != amount or stored != detail:
+        raise Conflict(
+            f"Reference {reference!r} was already used for a different {kind}",
+            code="REFERENCE_CONFLICT",
+        )
+
+
 def lock_stake(did: str, body: StakeLockIn) -> StakeChangeOut:
     settings = get_settings()
     with transaction() as conn:
@@ -429,7 +497,9 @@ def lock_stake(did: str, body: StakeLockIn) -> StakeChangeOut:
         applied = repo.record_stake_event(
             did, "lock", body.amount_atomic, body.reference, locked_until=body.locked_until
         )
-        if applied:
+        if not applied:
+            _same_event(repo, did, "lock", body.reference, body.amount_atomic, body.locked_until)
+        else:
             repo.lock_stake(did, body.amount_atomic, body.locked_until)
         stake, dims = repo.stake(did), repo.dimensions(did)
     logger.info("Stake locked", extra={"did": did, "applied": applied, "ref": body.reference})
@@ -459,6 +529,8 @@ def slash(did: str, body: SlashIn) -> StakeChangeOut:
             reason=body.reason,
             task_id=body.task_id,
         )
+        if not applied:
+            _same_event(repo, did, "slash", body.reference, body.amount_atomic, body.reason)
         if applied and not repo.slash(did, body.amount_atomic, settings.pou_slash_factor):
             raise Conflict(
                 f"{did} has less than {body.amount_atomic} locked",
@@ -486,13 +558,16 @@ def health() -> PouHealthOut:
 
 
 def _hour(at: datetime) -> datetime:
-    return at.replace(minute=0, second=0, microsecond=0)
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def aggregate_usefulness(now: datetime | None = None) -> AggregatorOutcome:
     """Per-agent usefulness over the trailing window; with the reward pool on, every settled
     hour's pool split among the agents whose work was finalized in it (each hour once)."""
     settings = get_settings()
+    if not settings.usefulness_aggregator_enabled:
+        logger.info("[UsefulnessAggregator] Disabled (USEFULNESS_AGGREGATOR_ENABLED=false)")
+        return AggregatorOutcome(ran=False)
     now = now or datetime.now(UTC)
     with transaction() as conn:
         repo = PouRepository(conn)
