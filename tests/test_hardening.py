@@ -259,10 +259,16 @@ def test_tokens_and_secrets_never_reach_the_logs(
             sink.write(f"{record.getMessage()} {record.__dict__}\n")
 
     spy = Spy()
-    root = logging.getLogger("tally")
-    saved_level = root.level
-    root.addHandler(spy)
-    root.setLevel(logging.DEBUG)
+    # Tally's loggers are children of the service's logger, whatever its name was when they
+    # were created: listen at the root and open every level for the test.
+    root = logging.getLogger()
+    loggers = [root] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if "tally" in name
+    ]
+    saved_levels = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
+        lg.addHandler(spy)  # also below any logger that does not propagate
 
     secret_token = token("0xabc0000000000000000000000000000000000001", "user", "service")
     tpl = template.load()
@@ -282,8 +288,9 @@ def test_tokens_and_secrets_never_reach_the_logs(
     try:
         invoke(tpl, "PointsApiFunction", broken)
     finally:
-        root.removeHandler(spy)
-        root.setLevel(saved_level)
+        for lg, level in saved_levels:
+            lg.removeHandler(spy)
+            lg.setLevel(level)
     logged = capsys.readouterr().out + sink.getvalue()
     assert logged.strip(), "nothing was logged: the check would prove nothing"
     for secret in (secret_token, secret_token.split(".")[2], TEST_JWT_SECRET):

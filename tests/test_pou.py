@@ -788,3 +788,33 @@ def test_the_aggregator_can_be_switched_off(
     monkeypatch.setenv("USEFULNESS_AGGREGATOR_ENABLED", "true")
     reset_settings()
     assert service.aggregate_usefulness().agents_scored >= 1
+
+
+def test_the_finalizer_works_from_the_quorate_list(
+    client: httpx.Client, db: psycopg.Connection[Any], cast: dict[str, Any]
+) -> None:
+    """Receipts still waiting for attestations cost the finalizer nothing: attestations put a
+    receipt on the list the moment it is quorate; finalizing takes it off."""
+    waiting, ready = new_receipt(cast), new_receipt(cast)
+    members = [by_did(cast, did) for did in ready["committee"][:3]]
+    r = attest(
+        client, waiting["id"], members[0], {"type": "AUDIT_PASS", "score": 1, "confidence": 1}
+    )
+    assert r.status_code == 201
+    listed = "SELECT task_id::text AS id FROM task_receipts_quorate"
+    for i, member in enumerate(members):
+        assert db.execute(listed).fetchall() == []  # not quorate until the third
+        r = attest(client, ready["id"], member, {"type": "AUDIT_PASS", "score": 1, "confidence": 1})
+        assert r.status_code == 201, (i, r.text)
+    assert db.execute(listed).fetchall() == [{"id": ready["id"]}]
+    # An auditor suspended after attesting stops counting; active again, it counts again.
+    service.register_agent(AgentIn(did=members[0].did, status="suspended"))
+    assert service.run_finalizer().finalized == 0
+    db.execute("DELETE FROM task_receipts_quorate")  # as if it had never been listed
+    service.register_agent(AgentIn(did=members[0].did, status="active"))
+    assert db.execute(listed).fetchall() == [{"id": ready["id"]}]
+    assert service.run_finalizer().finalized == 1
+    assert db.execute(listed).fetchall() == []
+    assert (
+        client.get(f"/api/receipts/{waiting['id']}", headers=SERVICE).json()["status"] == "pending"
+    )

@@ -18,13 +18,9 @@ AGGREGATOR_LOCK = 7_402_115_401
 REPUTATION_COLUMNS = "rep.q, rep.t, rep.r, rep.s, rep.v, rep.i, rep.e"
 TRUST = "pou_trust(rep.q, rep.t, rep.r, rep.s, rep.v, rep.i, rep.e)"
 
-# Attestations that count toward quorum: the client's ACCEPTED and the committee's AUDIT_PASS,
-# by agents still active. Quorum is the number of distinct such attesters.
-QUALIFYING = """
-    JOIN agents ag ON ag.did = a.by_did AND ag.status = 'active'
-     AND ((a.type = 'ACCEPTED' AND a.by_did = r.client_did)
-          OR (a.type = 'AUDIT_PASS' AND a.by_did = ANY (r.committee)))
-"""
+# Quorum: distinct attesters among the client's ACCEPTED and the committee's AUDIT_PASS, by
+# agents still active (the SQL function of migration 0006 is the one definition).
+HAVE = "pou_qualifying_attesters(r.id, r.client_did, r.committee)"
 
 # The guide's monitoring queries (1-4), verbatim but for line breaks, and the backlog it
 # says to alert on.
@@ -47,34 +43,42 @@ SELECT
 """
 
 
-# A pending receipt whose distinct qualifying attesters reach its k.
-QUORATE = f"""
-    r.status = 'pending'
-    AND (SELECT count(DISTINCT a.by_did) FROM task_attestations a
-         {QUALIFYING}
-         WHERE a.task_id = r.id) >= r.k
-"""
+QUORATE = f"r.status = 'pending' AND {HAVE} >= r.k"
 
 
 def _finalize_sql(*, one: bool) -> str:
-    """Quorate receipts become finalized, oldest first, at most %(batch)s. The rows are locked
-    where they are chosen (`FOR NO KEY UPDATE`, which attestation inserts' key-share locks do
-    not block): a batch skips receipts another finalizer holds, so concurrent runs split the
-    work; a single receipt (the API) waits for its holder instead. Quorum and status are
-    re-checked under the lock, so a receipt is finalized once however many run."""
-    only = "AND r.id = %(task_id)s" if one else ""
-    lock = "FOR NO KEY UPDATE" if one else "FOR NO KEY UPDATE SKIP LOCKED"
+    """Quorate receipts become finalized, oldest first, at most %(batch)s. A batch works from
+    `task_receipts_quorate` (receipts the attestation trigger found quorate), so receipts still
+    waiting for attestations cost nothing; one receipt (the API) is checked directly. Rows are
+    locked where they are chosen (`FOR NO KEY UPDATE`): a batch skips receipts another
+    finalizer or an attestation in progress holds, so concurrent runs split the work, while
+    the API waits. Quorum and status are re-checked under the lock, so a receipt is finalized
+    once however many run; its work-list row goes in the same statement."""
+    if one:
+        source = "task_receipts r"
+        where = f"{QUORATE} AND r.id = %(task_id)s"
+        lock = "FOR NO KEY UPDATE OF r"
+    else:
+        source = "task_receipts_quorate q JOIN task_receipts r ON r.id = q.task_id"
+        where = QUORATE
+        lock = "FOR NO KEY UPDATE OF r SKIP LOCKED"
     return f"""
 WITH locked AS (
-    SELECT r.id FROM task_receipts r
-    WHERE {QUORATE} {only}
+    SELECT r.id FROM {source}
+    WHERE {where}
     ORDER BY r.created_at, r.id
     LIMIT %(batch)s
     {lock}
+),
+finalized AS (
+    UPDATE task_receipts r SET status = 'finalized', finalized_at = now()
+    FROM locked l WHERE r.id = l.id AND r.status = 'pending'
+    RETURNING r.id, r.agent_did, r.finalized_at
+),
+cleared AS (
+    DELETE FROM task_receipts_quorate q USING finalized f WHERE q.task_id = f.id
 )
-UPDATE task_receipts r SET status = 'finalized', finalized_at = now()
-FROM locked l WHERE r.id = l.id AND r.status = 'pending'
-RETURNING r.id, r.agent_did, r.finalized_at
+SELECT * FROM finalized
 """
 
 
@@ -338,14 +342,16 @@ class PouRepository:
         ).fetchone()
 
     def receipt(
-        self, task_id: UUID, *, by_negotiation: str | None = None, share: bool = False
+        self, task_id: UUID, *, by_negotiation: str | None = None, hold: bool = False
     ) -> Row | None:
-        """`share` holds the receipt (FOR SHARE) so no finalizer changes it until commit."""
+        """`hold` locks the receipt until commit: no finalizer closes it under an attestation,
+        and attestations of one receipt queue, so each sees the others when it checks quorum."""
         if by_negotiation is not None:
             return self.conn.execute(
                 "SELECT * FROM task_receipts WHERE negotiation_id = %s", (by_negotiation,)
             ).fetchone()
-        sql = "SELECT * FROM task_receipts WHERE id = %s" + (" FOR SHARE" if share else "")
+        lock = " FOR NO KEY UPDATE" if hold else ""
+        sql = "SELECT * FROM task_receipts WHERE id = %s" + lock
         return self.conn.execute(sql, (task_id,)).fetchone()
 
     def attestations(self, task_id: UUID) -> list[Row]:
@@ -364,13 +370,7 @@ class PouRepository:
 
     def quorum_have(self, task_id: UUID) -> int:
         row = self.conn.execute(
-            f"""
-            SELECT count(DISTINCT a.by_did) AS have
-            FROM task_receipts r JOIN task_attestations a ON a.task_id = r.id
-            {QUALIFYING}
-            WHERE r.id = %s
-            """,
-            (task_id,),
+            f"SELECT {HAVE} AS have FROM task_receipts r WHERE r.id = %s", (task_id,)
         ).fetchone()
         return int(row["have"]) if row else 0
 
@@ -412,8 +412,8 @@ class PouRepository:
 
     def quorate_ids(self, limit: int) -> list[UUID]:
         rows = self.conn.execute(
-            f"SELECT r.id FROM task_receipts r WHERE {QUORATE} ORDER BY r.created_at, r.id "
-            "LIMIT %s",
+            "SELECT r.id FROM task_receipts_quorate q JOIN task_receipts r ON r.id = q.task_id "
+            f"WHERE {QUORATE} ORDER BY r.created_at, r.id LIMIT %s",
             (limit,),
         ).fetchall()
         return [r["id"] for r in rows]
@@ -422,6 +422,21 @@ class PouRepository:
         self.conn.execute(
             "UPDATE task_receipts SET status = 'failed' WHERE id = %s AND status = 'pending'",
             (task_id,),
+        )
+        self.conn.execute("DELETE FROM task_receipts_quorate WHERE task_id = %s", (task_id,))
+
+    def mark_quorate_for(self, did: str) -> None:
+        """An agent is active again: its attestations count, so receipts it attested may be
+        quorate without a new attestation."""
+        self.conn.execute(
+            f"""
+            INSERT INTO task_receipts_quorate (task_id)
+            SELECT r.id FROM task_receipts r
+            WHERE (r.client_did = %(did)s OR r.committee @> ARRAY[%(did)s]) AND {QUORATE}
+            ORDER BY r.id
+            ON CONFLICT (task_id) DO NOTHING
+            """,
+            {"did": did},
         )
 
     def pending_over(self, age: timedelta) -> int:

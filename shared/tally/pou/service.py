@@ -242,8 +242,9 @@ def attest(
     )
     with transaction() as conn:
         repo = PouRepository(conn)
-        # Held until commit: a finalizer cannot close the receipt under a late attestation.
-        receipt = repo.receipt(task_id, share=True)
+        # Held until commit: no finalizer closes the receipt under this attestation, and
+        # attestations of one receipt queue, so the quorum trigger sees each of them.
+        receipt = repo.receipt(task_id, hold=True)
         if receipt is None:
             raise NotFound(f"No receipt {task_id}")
         if receipt["status"] != "pending":
@@ -466,6 +467,8 @@ def register_agent(body: AgentIn) -> tuple[AgentOut, bool]:
         if existing and key and existing["public_key"] and bytes(existing["public_key"]) != key:
             raise Conflict("This DID is registered with another key", code="KEY_CONFLICT")
         row = repo.register_agent(body.did, key, body.status, body.wallet_address)
+        if existing and existing["status"] != "active" and body.status == "active":
+            repo.mark_quorate_for(body.did)
     logger.info("Agent registered", extra={"did": body.did, "status": body.status})
     return _agent_out(row), existing is None
 
