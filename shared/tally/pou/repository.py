@@ -52,15 +52,17 @@ def _finalize_sql(*, one: bool) -> str:
     waiting for attestations cost nothing; one receipt (the API) is checked directly. Rows are
     locked where they are chosen (`FOR NO KEY UPDATE`): a batch skips receipts another
     finalizer or an attestation in progress holds, so concurrent runs split the work, while
-    the API waits. Quorum and status are re-checked under the lock, so a receipt is finalized
-    once however many run; its work-list row goes in the same statement."""
+    the API waits. Status and quorum are checked again under the lock (only for the rows
+    taken), so a receipt is finalized once however many run; the rows taken leave the list in
+    the same statement (one whose quorum is gone, an auditor suspended, is listed again by
+    its next attestation or the auditor's reactivation)."""
     if one:
         source = "task_receipts r"
         where = f"{QUORATE} AND r.id = %(task_id)s"
         lock = "FOR NO KEY UPDATE OF r"
     else:
         source = "task_receipts_quorate q JOIN task_receipts r ON r.id = q.task_id"
-        where = QUORATE
+        where = "r.status = 'pending'"
         lock = "FOR NO KEY UPDATE OF r SKIP LOCKED"
     return f"""
 WITH locked AS (
@@ -72,11 +74,11 @@ WITH locked AS (
 ),
 finalized AS (
     UPDATE task_receipts r SET status = 'finalized', finalized_at = now()
-    FROM locked l WHERE r.id = l.id AND r.status = 'pending'
+    FROM locked l WHERE r.id = l.id AND {QUORATE}
     RETURNING r.id, r.agent_did, r.finalized_at
 ),
 cleared AS (
-    DELETE FROM task_receipts_quorate q USING finalized f WHERE q.task_id = f.id
+    DELETE FROM task_receipts_quorate q USING locked l WHERE q.task_id = l.id
 )
 SELECT * FROM finalized
 """
@@ -397,23 +399,25 @@ class PouRepository:
 
     # -- the finalizer ---------------------------------------------------------------------
 
-    def pending_count(self) -> int:
+    def pending_summary(self, stuck_after: timedelta) -> Row:
+        """Pending receipts, those with a short committee, those older than `stuck_after`:
+        one pass over the pending ones."""
         row = self.conn.execute(
-            "SELECT count(*) AS n FROM task_receipts WHERE status = 'pending'"
+            """
+            SELECT count(*) AS pending,
+                   count(*) FILTER (WHERE cardinality(committee) < m) AS short_committees,
+                   count(*) FILTER (WHERE created_at < now() - %s) AS pending_over
+            FROM task_receipts WHERE status = 'pending'
+            """,
+            (stuck_after,),
         ).fetchone()
-        return int(row["n"]) if row else 0
-
-    def short_committees(self) -> int:
-        row = self.conn.execute(
-            "SELECT count(*) AS n FROM task_receipts "
-            "WHERE status = 'pending' AND cardinality(committee) < m"
-        ).fetchone()
-        return int(row["n"]) if row else 0
+        assert row is not None
+        return row
 
     def quorate_ids(self, limit: int) -> list[UUID]:
         rows = self.conn.execute(
             "SELECT r.id FROM task_receipts_quorate q JOIN task_receipts r ON r.id = q.task_id "
-            f"WHERE {QUORATE} ORDER BY r.created_at, r.id LIMIT %s",
+            "WHERE r.status = 'pending' ORDER BY r.created_at, r.id LIMIT %s",
             (limit,),
         ).fetchall()
         return [r["id"] for r in rows]
@@ -438,14 +442,6 @@ class PouRepository:
             """,
             {"did": did},
         )
-
-    def pending_over(self, age: timedelta) -> int:
-        row = self.conn.execute(
-            "SELECT count(*) AS n FROM task_receipts "
-            "WHERE status = 'pending' AND created_at < now() - %s",
-            (age,),
-        ).fetchone()
-        return int(row["n"]) if row else 0
 
     def finalize(self, batch: int, task_id: UUID | None = None) -> list[Row]:
         if task_id is not None:

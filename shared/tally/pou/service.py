@@ -363,10 +363,11 @@ def run_finalizer(remaining_ms: Callable[[], int] | None = None) -> FinalizerOut
         return FinalizerOutcome(ran=False, reason="disabled")
     with read_snapshot() as conn:
         repo = PouRepository(conn)
+        summary = repo.pending_summary(timedelta(hours=1))
         outcome = FinalizerOutcome(
-            pending=repo.pending_count(),
-            short_committees=repo.short_committees(),
-            pending_over_1h=repo.pending_over(timedelta(hours=1)),
+            pending=summary["pending"],
+            short_committees=summary["short_committees"],
+            pending_over_1h=summary["pending_over"],
         )
     logger.info(f"[PoU Finalizer] Checking {outcome.pending} pending receipts")
     while True:
