@@ -140,7 +140,7 @@ def test_an_idle_connection_dropped_by_the_server_is_replaced_before_use(
     submit(1)  # opens this environment's connection
     pid = db.execute(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'tally-local' "
-        "AND pid <> pg_backend_pid()"
+        "AND datname = current_database() AND pid <> pg_backend_pid()"
     ).fetchall()
     assert pid, "the environment's connection is not visible"
     for row in pid:
@@ -175,6 +175,95 @@ def test_jobs_stop_before_the_deadline_and_the_next_run_resumes(
     reset_settings()
     assert run("AwardPointsFunction", {})["awarded"] == 3
     assert run("PouFinalizerFunction", {})["finalized"] == 2
+
+
+class CountdownContext(FakeLambdaContext):
+    """A context whose remaining time runs out after a few checks: the deadline arrives in the
+    middle of the work, not before it."""
+
+    def __init__(self, checks_with_time: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.left = checks_with_time
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.left -= 1
+        return 60_000 if self.left >= 0 else 1_000
+
+
+def test_a_deadline_midway_stops_at_a_safe_point_and_the_next_run_resumes(
+    db: psycopg.Connection[Any],
+) -> None:
+    submit(8)
+    context = CountdownContext(3, function_name="AwardPointsFunction", timeout_s=120)
+    first = handler("AwardPointsFunction")({}, context)
+    assert first["stopped_early"] and first["awarded"] == 3
+    rest = run("AwardPointsFunction", {})
+    assert rest["awarded"] == 5 and not rest["stopped_early"]
+    assert db.execute(
+        "SELECT count(DISTINCT source_id) AS n, count(*) AS rows FROM points_ledger "
+        "WHERE source_kind = 'dataset_submission'"
+    ).fetchone() == {"n": 8, "rows": 8}
+
+
+def test_a_statement_timeout_is_the_awards_failure_not_a_lost_connection(
+    db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a lost connection stops the sweep; an award whose statement times out is marked
+    failed (retried with back-off) and the others go on."""
+    slow = "0xabc0000000000000000000000000000000000000"
+    submit(3)  # wallets ...00, ...01, ...02
+    db.execute(
+        f"""
+        CREATE FUNCTION slow_award() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.wallet_address = '{slow}' THEN PERFORM pg_sleep(2); END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    db.execute(
+        "CREATE TRIGGER slow_award BEFORE INSERT ON points_ledger "
+        "FOR EACH ROW EXECUTE FUNCTION slow_award()"
+    )
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "500")
+    reset_settings()
+    close_connection()
+    try:
+        result = run("AwardPointsFunction", {})
+    finally:
+        db.execute("DROP TRIGGER slow_award ON points_ledger")
+        db.execute("DROP FUNCTION slow_award()")
+        close_connection()
+    assert (result["failed"], result["awarded"]) == (1, 2)
+    row = db.execute(
+        "SELECT points_status, points_attempts FROM verification_sessions "
+        "WHERE wallet_address = %s",
+        (slow,),
+    ).fetchone()
+    assert row is not None and row["points_status"] == "failed" and row["points_attempts"] == 1
+
+
+def test_api_functions_keep_one_connection_across_invocations_in_lambda(
+    db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs sync routes on worker threads that end with each Lambda invocation: the
+    connection must live in the process there, not in a thread."""
+    from tally.db import connection
+    from tally.local.invoke import invoke
+    from tests.support import load_event
+
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "tally-points-api")
+    monkeypatch.setenv("TALLY_AUTH_MODE", "apigw")
+    reset_settings()
+    try:
+        pids = set()
+        for _ in range(3):
+            result = invoke(TEMPLATE, "PointsApiFunction", load_event("points_api_get_user.json"))
+            assert result["statusCode"] == 404  # no such user yet: still a database read
+            pids.add(connection.get_connection().info.backend_pid)
+        assert len(pids) == 1
+    finally:
+        close_connection()
 
 
 # -- every job twice at once -------------------------------------------------------------------

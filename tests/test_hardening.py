@@ -165,6 +165,7 @@ def test_writes_are_limited_per_identity(
     client: httpx.Client, db: psycopg.Connection[Any], limits: pytest.MonkeyPatch
 ) -> None:
     limits.setenv("API_WRITES_PER_MINUTE_USER", "3")
+    limits.setenv("API_WRITE_WINDOW_SECONDS", "3600")  # no window boundary inside the test
     reset_settings()
     me, other = (
         "0xabc0000000000000000000000000000000000001",
@@ -280,18 +281,27 @@ def test_tokens_and_secrets_never_reach_the_logs(
         event = load_event(name)
         event["headers"]["authorization"] = f"Bearer {secret_token}"
         invoke(tpl, function, event)
-    # An unexpected error path too: a handler fed an event it cannot parse.
+    # The unexpected-error path too: a service that fails inside a request (a 500, logged with
+    # its stack trace).
+    from tally.points import service as points_service
+
+    def fail(*_: Any) -> None:
+        raise RuntimeError("boom")
+
     broken = load_event("points_api_get_me.json")
     broken["headers"]["authorization"] = f"Bearer {secret_token}"
-    broken["body"] = "{" * 10
-    broken["requestContext"]["http"]["method"] = "POST"
+    original = points_service.user_profile
+    points_service.user_profile = fail  # type: ignore[assignment]
     try:
-        invoke(tpl, "PointsApiFunction", broken)
+        failed = invoke(tpl, "PointsApiFunction", broken)
     finally:
+        points_service.user_profile = original  # type: ignore[assignment]
         for lg, level in saved_levels:
             lg.removeHandler(spy)
             lg.setLevel(level)
     logged = capsys.readouterr().out + sink.getvalue()
+    assert failed["statusCode"] == 500 and "boom" not in failed["body"]  # no internals either
+    assert "Unhandled error in API" in logged
     assert logged.strip(), "nothing was logged: the check would prove nothing"
     for secret in (secret_token, secret_token.split(".")[2], TEST_JWT_SECRET):
         assert secret not in logged

@@ -60,7 +60,8 @@ def test_every_kind_of_difference_is_reported(db: psycopg.Connection[Any]) -> No
     assert found["users_tier"].samples == [
         {"key": wallets[2], "derived": "Legend", "expected": "Contributor"}
     ]
-    # A user with ledger entries but no users row is a difference too.
+    # A ledger entry that nothing derived from it reflects (written with the board trigger off)
+    # is a difference in the totals and on the board.
     db.execute("ALTER TABLE points_ledger DISABLE TRIGGER trg_points_ledger_boards")
     try:
         db.execute("INSERT INTO users (wallet_address) VALUES ('0xghost') ON CONFLICT DO NOTHING")

@@ -710,6 +710,31 @@ def test_matchmaking_jobs_emit_the_metrics_the_alarms_watch(
     assert ("service",) in dims
 
 
+def test_every_tally_metric_an_alarm_watches_is_emitted_by_its_job(
+    db: Any, cfn: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An alarm on a metric nothing emits would never fire (or, as a heartbeat, always)."""
+    import json
+
+    from tally.local.invoke import invoke
+
+    tpl = load_template(TEMPLATE)
+    for fn in tpl.functions.values():
+        for schedule in fn.schedules:
+            if fn.logical_id != "CommunityEtlFunction":  # nightly; emits no alarm metric
+                invoke(tpl, fn.logical_id, dict(schedule.input))
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    emitted = {
+        m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
+    }
+    watched = {
+        a["Properties"]["MetricName"]
+        for a in _resources_of(cfn, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("Namespace") == "Tally"
+    }
+    assert watched <= emitted, watched - emitted
+
+
 def test_operations_alarms_cover_what_operators_watch(
     cfn: dict[str, Any], tpl: template_mod.Template
 ) -> None:
@@ -727,15 +752,32 @@ def test_operations_alarms_cover_what_operators_watch(
             stat = query.get("MetricStat")
             if stat and stat["Metric"]["MetricName"] == "Errors":
                 watched_jobs.add(stat["Metric"]["Dimensions"][0]["Value"]["Ref"])
+            if "Expression" in query:
+                # Lambda reports Errors only for periods a function ran: a sum of jobs on
+                # different schedules is missing unless every term is filled with 0.
+                ids = {q["Id"] for q in props["Metrics"] if "MetricStat" in q}
+                assert all(f"FILL({i},0)" in query["Expression"] for i in ids), query
     scheduled = {fn.logical_id for fn in tpl.functions.values() if fn.schedules}
     assert watched_jobs == scheduled  # every job's errors, in the job-error alarms
     assert by_metric["ApproximateNumberOfMessagesVisible"]["Threshold"] == 0  # the DLQ
     assert by_metric["5xx"]["Threshold"] == 0
     assert by_metric["Latency"]["ExtendedStatistic"] == "p95"
     assert by_metric["LedgerMismatches"]["ComparisonOperator"] == "GreaterThanThreshold"
-    for metric in ("PouPendingOverOneHour", "PouShortCommittees", "PouPendingReceipts"):
+    assert by_metric["ReconciliationRuns"]["TreatMissingData"] == "breaching"  # a heartbeat
+    for metric in ("PouPendingOverOneHour", "PouShortCommittees", "PouFinalizerRuns"):
         assert metric in by_metric
     assert {"MatchQueueDepth", "MatchActiveVoting", "MatchMetricsRecorded"} <= set(by_metric)
+
+
+def test_a_failed_job_run_lands_in_the_jobs_dead_letter_queue(tpl: template_mod.Template) -> None:
+    raw = load_raw(ROOT / "template.yaml")
+    for fn in tpl.functions.values():
+        if fn.schedules:
+            dlq = raw["Resources"][fn.logical_id]["Properties"].get("DeadLetterQueue")
+            assert dlq == {
+                "Type": "SQS",
+                "TargetArn": {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]},
+            }, fn.logical_id
 
 
 def test_the_dashboard_shows_every_alarm_and_job(

@@ -31,8 +31,9 @@ class RateLimitRepository:
                     to_timestamp(floor(extract(epoch FROM now()) / %(seconds)s) * %(seconds)s),
                     1)
             ON CONFLICT (scope, identity) DO UPDATE
-            SET hits = CASE WHEN h.window_start = EXCLUDED.window_start THEN h.hits + 1 ELSE 1 END,
-                window_start = EXCLUDED.window_start
+            SET hits = CASE WHEN EXCLUDED.window_start > h.window_start THEN 1
+                            ELSE h.hits + 1 END,  -- a late request counts in the newer window
+                window_start = greatest(h.window_start, EXCLUDED.window_start)
             RETURNING hits, window_start + %(window)s AS resets_at
             """,
             {

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
     stage: str = Field("local", validation_alias="TALLY_STAGE")
+    aws_lambda_function_name: str | None = Field(
+        None,
+        validation_alias="AWS_LAMBDA_FUNCTION_NAME",
+        description="Set by Lambda: the process is one execution environment.",
+    )
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
     db_secret_arn: str | None = Field(None, validation_alias="DB_SECRET_ARN")
     db_host_override: str | None = Field(
@@ -78,12 +83,22 @@ class Settings(BaseSettings):
     export_bucket: str | None = Field(None, validation_alias="EXPORT_BUCKET")
     export_url_ttl_s: int = Field(900, validation_alias="EXPORT_URL_TTL_SECONDS", ge=60)
 
+    reconciliation_timeout_ms: int = Field(
+        240_000,
+        validation_alias="RECONCILIATION_TIMEOUT_MS",
+        ge=1000,
+        description="Statement timeout of the reconciliation check (its function has 300 s).",
+    )
+    api_write_window_s: int = Field(
+        60, validation_alias="API_WRITE_WINDOW_SECONDS", ge=1, le=86_400
+    )
     api_max_body_bytes: int = Field(
         1_048_576,
         validation_alias="API_MAX_BODY_BYTES",
         ge=1024,
-        le=10_485_760,
-        description="Largest request body any route accepts (413 beyond).",
+        le=6_000_000,
+        description="Largest request body any route accepts (413 beyond; Lambda's own "
+        "synchronous payload limit is 6 MB).",
     )
     api_writes_per_minute_user: int = Field(
         120, validation_alias="API_WRITES_PER_MINUTE_USER", ge=1

@@ -16,7 +16,6 @@ from tally.settings import Settings, get_settings
 
 ACCESS_KEY = "x-tally-access"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-WRITE_WINDOW = timedelta(minutes=1)
 
 
 def _principal(request: Request) -> Principal:
@@ -32,7 +31,8 @@ def _principal(request: Request) -> Principal:
 
 
 def _write_limit(principal: Principal, settings: Settings) -> int:
-    """Writes per minute for this caller: backends and admins do more than one member."""
+    """Writes per window (API_WRITE_WINDOW_SECONDS, a minute) for this caller: backends and
+    admins do more than one member."""
     if principal.has(Role.SERVICE):
         return settings.api_writes_per_minute_service
     if principal.has(Role.ADMIN):
@@ -48,8 +48,9 @@ def _requirement(role: Role) -> Callable[[Request], Principal | None]:
         principal = authorize(_principal(request), role)
         if request.method not in READ_METHODS:
             settings = get_settings()
+            window = timedelta(seconds=settings.api_write_window_s)
             ratelimit.enforce(
-                "api_writes", principal.subject, _write_limit(principal, settings), WRITE_WINDOW
+                "api_writes", principal.subject, _write_limit(principal, settings), window
             )
         return principal
 

@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from tally.community import rollups
 from tally.community.rollups import DAY, WEEK
+from tally.db.connection import set_local_limits
 
 Row = dict[str, Any]
 COMMUNITY_LOCK = 7_402_115_201
@@ -88,9 +89,7 @@ class EtlRepository:
         return bool(row and row["ok"])
 
     def configure(self, timeout_ms: int, work_mem_mb: int) -> None:
-        """This transaction's statement timeout and work_mem (batch sorts stay in memory)."""
-        self.conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-        self.conn.execute(f"SET LOCAL work_mem = '{int(work_mem_mb)}MB'")
+        set_local_limits(self.conn, timeout_ms, work_mem_mb)
 
     def horizon(self, lag: timedelta) -> datetime:
         """The newest instant every tap received before has committed: `lag` ago, and no later

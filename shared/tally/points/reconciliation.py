@@ -10,16 +10,22 @@ import psycopg
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict
 
-from tally.db.connection import read_snapshot
+from tally.db.connection import read_snapshot, set_local_limits
 from tally.observability import metrics
 from tally.points.ledger_sql import tier_params
+from tally.settings import get_settings
 
 logger = Logger(child=True)
 
 # One row per check: how many keys differ, and a few of them to start looking from.
 CHECKS = """
-WITH ledger AS (
-    SELECT wallet_address, sum(points)::bigint AS points FROM points_ledger GROUP BY 1
+WITH weekly AS (  -- the ledger read once: per wallet and ISO week (Monday, UTC)
+    SELECT wallet_address, date_trunc('week', created_at AT TIME ZONE 'UTC') AS week_start,
+           sum(points)::bigint AS points
+    FROM points_ledger GROUP BY 1, 2
+),
+ledger AS (
+    SELECT wallet_address, sum(points)::bigint AS points FROM weekly GROUP BY 1
 ),
 totals AS (
     SELECT coalesce(u.wallet_address, l.wallet_address) AS key,
@@ -32,10 +38,9 @@ all_board AS (
     FROM (SELECT wallet_address, points FROM board_scores WHERE board = 'all') b
     FULL JOIN ledger l USING (wallet_address)
 ),
-week_ledger AS (
-    SELECT 'week:' || to_char(created_at AT TIME ZONE 'UTC', 'IYYY-"W"IW') AS board,
-           wallet_address, sum(points)::bigint AS points
-    FROM points_ledger GROUP BY 1, 2
+week_ledger AS (  -- a Monday's ISO week is the week of every day after it until Sunday
+    SELECT 'week:' || to_char(week_start, 'IYYY-"W"IW') AS board, wallet_address, points
+    FROM weekly
 ),
 week_boards AS (
     SELECT coalesce(b.board, l.board) || ' ' || coalesce(b.wallet_address, l.wallet_address)
@@ -113,7 +118,8 @@ class ReconciliationRepository:
     def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         self.conn = conn
 
-    def checks(self) -> list[dict[str, Any]]:
+    def checks(self, timeout_ms: int, work_mem_mb: int) -> list[dict[str, Any]]:
+        set_local_limits(self.conn, timeout_ms, work_mem_mb)
         return self.conn.execute(CHECKS, tier_params()).fetchall()
 
     def counts(self) -> dict[str, Any]:
@@ -124,9 +130,10 @@ class ReconciliationRepository:
 
 def reconcile() -> ReconciliationResult:
     """Run every check on one snapshot, so concurrent awards cannot show up as differences."""
+    settings = get_settings()
     with read_snapshot() as conn:
         repo = ReconciliationRepository(conn)
-        rows = repo.checks()
+        rows = repo.checks(settings.reconciliation_timeout_ms, settings.community_work_mem_mb)
         counts = repo.counts()
     checks = [
         CheckResult(check=r["check_name"], mismatches=r["mismatches"], samples=r["samples"])

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from aws_lambda_powertools import Logger
 
-from tally.db.connection import ConnectionLost, read_snapshot, transaction
+from tally.db.connection import connection_lost, read_snapshot, transaction
 from tally.errors import Conflict, NotFound
 from tally.leaderboards.boards import ALL_TIME, Tiebreak
 from tally.leaderboards.repository import LeaderboardRepository
@@ -158,10 +158,10 @@ def _award_next(settings: Settings, result: AwardRunResult) -> bool:
             except _Hold:
                 result.held += 1
                 return True
-    except ConnectionLost:
-        raise  # not the award's fault: it rolled back and the next sweep takes it at once
     except Exception as exc:
-        if session_id is None:
+        if session_id is None or connection_lost(exc):
+            # A lost connection is not the award's fault: it rolled back, and the next sweep
+            # (a new invocation, a new connection) takes it at once.
             raise
         result.failed += 1
         logger.exception(

@@ -358,6 +358,7 @@ def run_finalizer(remaining_ms: Callable[[], int] | None = None) -> FinalizerOut
     """Finalize every pending receipt whose quorum is in, batch by batch (one transaction
     each), until none is left or the deadline nears. Concurrent runs split the work."""
     settings = get_settings()
+    metrics.add_metric(name="PouFinalizerRuns", unit="Count", value=1)  # the heartbeat
     if not settings.pou_finalizer_enabled:
         logger.info("[PoU Finalizer] Disabled (POU_FINALIZER_ENABLED=false)")
         return FinalizerOutcome(ran=False, reason="disabled")
