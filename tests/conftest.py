@@ -44,6 +44,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     os.environ["DATABASE_URL"] = url
     os.environ["TALLY_JWT_SECRET"] = TEST_JWT_SECRET
     os.environ["TALLY_AUTH_MODE"] = "local"
+    # Tests add taps and look at once: no radar window reused across them (its own test).
+    os.environ["COMMUNITY_RADAR_CACHE_SECONDS"] = "0"
     from tally.settings import reset_settings
 
     reset_settings()

@@ -361,3 +361,27 @@ def test_a_backfill_that_cannot_be_handed_over_waits_for_the_nightly_run(
     monkeypatch.setattr(etl, "start_backfill", started.append)
     run_etl()
     assert [str(b) for b in started] == [response.json()["id"]]
+
+
+def test_one_radar_window_serves_every_caller_for_a_while(
+    client: httpx.Client, community: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The radar is the same for everyone: an environment computes a window once per
+    COMMUNITY_RADAR_CACHE_SECONDS, whoever asks and in whatever zone."""
+    from tally.settings import reset_settings
+
+    monkeypatch.setenv("COMMUNITY_RADAR_CACHE_SECONDS", "60")
+    reset_settings()
+
+    def total(user: str, tz: str = "UTC") -> int:
+        body = client.get(f"/api/community/radar?hours=6&tz={tz}", headers=me(user)).json()
+        return sum(b["taps"] for b in body["buckets"])
+
+    assert total("alice") == 8
+    late = tap("late-1", "erin", "frank", NOW - timedelta(minutes=5))
+    assert post(client, [late]).status_code == 201
+    assert total("bob") == 8  # the window computed for alice, reused
+    assert total("bob", "Europe/Berlin") == 8  # same UTC hours, same window
+    monkeypatch.setenv("COMMUNITY_RADAR_CACHE_SECONDS", "0")
+    reset_settings()
+    assert total("bob") == 9  # computed again, with the new tap

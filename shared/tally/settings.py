@@ -250,6 +250,13 @@ class Settings(BaseSettings):
             return value.strip()[:-1]
         return value
 
+    community_radar_cache_s: float = Field(
+        60.0,
+        validation_alias="COMMUNITY_RADAR_CACHE_SECONDS",
+        ge=0,
+        le=3600,
+        description="How long one environment reuses a radar window it computed (0: never).",
+    )
     surge_factor: float = Field(2.0, validation_alias="SURGE_FACTOR", gt=1.0, le=100.0)
     surge_min_taps: int = Field(10, validation_alias="SURGE_MIN_TAPS", ge=1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -233,6 +235,36 @@ def quests(user_id: str, tz: str | None, debug: bool, now: datetime | None = Non
     return QuestsOut(user_id=user_id, quests=items, meta=_meta(zone, now, as_of, info))
 
 
+_radar_lock = threading.Lock()
+_radar_memo: dict[tuple[datetime, int, int], tuple[float, Any]] = {}
+
+
+def _radar_window(start: datetime, end: datetime, hours: int, top: int) -> Any:
+    """The community's hours from the taps, shared by every caller asking for the same window
+    within COMMUNITY_RADAR_CACHE_SECONDS (a week of taps is seconds of work; the answer is the
+    same for everyone, whatever their zone)."""
+    ttl = get_settings().community_radar_cache_s
+    key = (start, hours, top)
+    now = time.monotonic()
+    with _radar_lock:
+        hit = _radar_memo.get(key)
+    if hit is not None and now - hit[0] < ttl:
+        return hit[1]
+    with read_snapshot() as conn:
+        repo = CommunityReadRepository(conn)
+        value = (
+            repo.radar(start, hours),
+            repo.top_participants(start, end, top),
+            repo.watermark("surges"),
+        )
+    if ttl > 0:
+        with _radar_lock:
+            for stale in [k for k, (at, _) in _radar_memo.items() if now - at >= ttl]:
+                del _radar_memo[stale]
+            _radar_memo[key] = (now, value)
+    return value
+
+
 def radar(tz: str, hours: int, top: int, debug: bool, now: datetime | None = None) -> RadarOut:
     """The last `hours` local clock hours (the current one included), live from the taps."""
     now = now or _now()
@@ -242,11 +274,7 @@ def radar(tz: str, hours: int, top: int, debug: bool, now: datetime | None = Non
     current = local_hour.astimezone(UTC)
     start = current - timedelta(hours=hours - 1)
     end = current + timedelta(hours=1)
-    with read_snapshot() as conn:
-        repo = CommunityReadRepository(conn)
-        buckets = repo.radar(start, hours)
-        people = repo.top_participants(start, end, top)
-        as_of = repo.watermark("surges")
+    buckets, people, as_of = _radar_window(start, end, hours, top)
     info = (
         {
             "from": start.astimezone(zone).isoformat(),
