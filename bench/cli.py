@@ -1,5 +1,5 @@
-"""`python -m bench`: measure Tally (points, leaderboards, community) and write
-docs/performance.md."""
+"""`python -m bench`: measure Tally (points, leaderboards, community, matchmaking, proof of
+usefulness) and write docs/performance.md."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ QUICK = {
     "taps": 200_000,
     "tap_users": 5_000,
     "days": 30,
+    "receipts": 5_000,
+    "agents": 200,
+    "attests": 300,
+    "load_seconds": 10,
+    "load_users": 5_000,
 }
 
 
@@ -52,10 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--suite",
-        choices=("points", "boards", "community", "matchmaking", "all"),
+        choices=("points", "boards", "community", "matchmaking", "pou", "load", "all"),
         default="all",
         help="points: award sweep and points leaderboard; boards: leaderboards vs Redis; "
-        "community: the nightly community ETL; matchmaking: jobs and voter calls",
+        "community: the nightly community ETL; matchmaking: jobs and voter calls; "
+        "pou: the proof-of-usefulness finalizer and attestation writes; load: mixed load on "
+        "every route group of `tally dev` while its jobs run, into docs/reliability.md "
+        "(not part of all)",
     )
     parser.add_argument(
         "--ledger", type=int, default=10_000_000, help="ledger entries loaded for --suite boards"
@@ -82,6 +90,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profiles", type=int, default=100_000, help="profiles for --suite matchmaking"
     )
     parser.add_argument(
+        "--receipts",
+        type=int,
+        default=100_000,
+        help="pending receipts per set for --suite pou (each with 3 attestations)",
+    )
+    parser.add_argument(
+        "--agents", type=int, default=2_000, help="agents loaded for --suite pou (at least 8)"
+    )
+    parser.add_argument(
+        "--attests",
+        type=int,
+        default=2_000,
+        help="signed attestations timed through the service for --suite pou",
+    )
+    parser.add_argument(
         "--replay",
         choices=("auto", "yes", "no"),
         default="auto",
@@ -92,6 +115,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="stop loading the ledger (at a statement boundary) after this many seconds",
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=60, help="measured seconds for --suite load"
+    )
+    parser.add_argument(
+        "--load-users", type=int, default=100_000, help="users seeded for --suite load"
+    )
+    parser.add_argument(
+        "--load-workers", type=int, default=8, help="client threads for --suite load"
+    )
+    parser.add_argument(
+        "--load-out", type=Path, default=Path("docs/reliability.md"), help="--suite load's file"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args(argv)
@@ -123,6 +158,23 @@ def main(argv: list[str] | None = None) -> int:
         from bench import matchmaking
 
         ok = matchmaking.run_suite(server, facts, args.out, args.profiles) and ok
+    if args.suite in ("pou", "all"):
+        ok = run_pou(args, server, facts, time.perf_counter(), os.getloadavg()) and ok
+    if args.suite == "load":
+        from bench import load
+
+        ok = (
+            load.run_suite(
+                server,
+                facts,
+                args.load_out,
+                seconds=args.load_seconds,
+                users=args.load_users,
+                workers=args.load_workers,
+                quick=args.quick,
+            )
+            and ok
+        )
     return 0 if ok else 1
 
 
@@ -240,6 +292,25 @@ def run_community(
         )
     info = suite_info(args, server, facts, started, load_at_start)
     community_report.write(args.out, community_report.render(info, result))
+    log(f"wrote {args.out}")
+    return all(result.checks.values())
+
+
+def run_pou(
+    args: argparse.Namespace,
+    server: Any,
+    facts: dict[str, str],
+    started: float,
+    load_at_start: tuple[float, float, float],
+) -> bool:
+    from bench import pou, pou_report
+    from bench.db import fresh_database
+    from bench.stats import log, quiet_stdout
+
+    with quiet_stdout(), fresh_database(server, "pou") as url:
+        result = pou.run(url, agents=args.agents, receipts=args.receipts, attests=args.attests)
+    info = suite_info(args, server, facts, started, load_at_start)
+    pou_report.write(args.out, pou_report.render(info, result))
     log(f"wrote {args.out}")
     return all(result.checks.values())
 

