@@ -180,6 +180,14 @@ def committee(task_id: UUID) -> CommitteeOut:
 # -- attestations ------------------------------------------------------------------------------
 
 
+def _not_pending(receipt: Row, why: str = "") -> Conflict:
+    return Conflict(
+        f"The receipt is {receipt['status']}{why}",
+        code="RECEIPT_NOT_PENDING",
+        receipt_status=receipt["status"],
+    )
+
+
 def _unauthorized(detail: str) -> Forbidden:
     return Forbidden(detail, code="UNAUTHORIZED_ATTESTATION")
 
@@ -248,11 +256,7 @@ def attest(
         if receipt is None:
             raise NotFound(f"No receipt {task_id}")
         if receipt["status"] != "pending":
-            raise Conflict(
-                f"The receipt is {receipt['status']}; attestations are closed",
-                code="RECEIPT_NOT_PENDING",
-                receipt_status=receipt["status"],
-            )
+            raise _not_pending(receipt, "; attestations are closed")
         attester = repo.agent(by_did)
         if attester is None:
             raise _unauthorized(f"{by_did} is neither the client nor on the committee")
@@ -309,11 +313,7 @@ def finalize(task_id: UUID) -> FinalizeOut:
         if receipt["status"] == "finalized":
             return FinalizeOut(task_id=task_id, finalized_at=receipt["finalized_at"])
         if receipt["status"] != "pending":
-            raise Conflict(
-                f"The receipt is {receipt['status']}",
-                code="RECEIPT_NOT_PENDING",
-                receipt_status=receipt["status"],
-            )
+            raise _not_pending(receipt)
         have = repo.quorum_have(task_id)
     raise Conflict(
         f"QUORUM_NOT_MET: needed {receipt['k']}, have {have}",
