@@ -336,18 +336,9 @@ def test_every_scheduled_job_twice_at_once_keeps_the_invariants(
     ).fetchall()
     assert duplicates == []
     # Matchmaking: the guide's duplicate query; a proposal closed once, one conversation each.
-    pairs = db.execute(
-        """
-        SELECT pair_hash, COUNT(*) as count
-        FROM (
-          SELECT pair_hash FROM match_proposals WHERE status NOT IN ('rejected', 'expired')
-          UNION ALL
-          SELECT pair_hash FROM match_generation_queue WHERE consumed_at IS NULL
-        ) combined
-        GROUP BY pair_hash
-        HAVING COUNT(*) > 1
-        """
-    ).fetchall()
+    from tests.test_matchmaking import DUPLICATES  # the guide's Test 5 query
+
+    pairs = db.execute(DUPLICATES).fetchall()
     assert pairs == []
     assert (
         db.execute(
