@@ -7,7 +7,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response, status
 
 from tally import ratelimit
 from tally.auth import Principal, Role, authorize, principal_from_authorizer, principal_from_token
@@ -79,3 +79,9 @@ def acting_for(principal: Principal, address: str | None) -> str:
     if principal.has(Role.SERVICE) or principal.has(Role.ADMIN):
         return address
     raise Forbidden("Only services and admins may act for another member")
+
+
+def created_or_existing(response: Response, created: bool) -> None:
+    """Idempotent creates answer 201 the first time and 200 when the resource was there."""
+    if not created:
+        response.status_code = status.HTTP_200_OK

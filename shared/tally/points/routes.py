@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from tally.api.caching import conditional_response
-from tally.api.deps import access, caller
+from tally.api.deps import access, caller, created_or_existing
 from tally.auth import Principal, Role
 from tally.leaderboards.boards import ALL_TIME
 from tally.leaderboards.service import board_version
@@ -69,8 +69,7 @@ def get_me(principal: Principal = caller(Role.USER)) -> UserProfile:
 )
 def post_verification(body: VerificationIn, response: Response) -> VerificationOut:
     session, created = service.record_verification(body)
-    if not created:
-        response.status_code = status.HTTP_200_OK
+    created_or_existing(response, created)
     return session
 
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Response, status
 
-from tally.api.deps import access, caller
+from tally.api.deps import access, caller, created_or_existing
 from tally.auth import Principal, Role
 from tally.errors import Forbidden
 from tally.pou import service
@@ -53,8 +53,7 @@ DidHeader = Annotated[
 )
 def post_receipt(body: ReceiptIn, response: Response) -> ReceiptOut:
     receipt, created = service.create_receipt(body)
-    if not created:
-        response.status_code = status.HTTP_200_OK
+    created_or_existing(response, created)
     return receipt
 
 
@@ -109,8 +108,7 @@ def get_pou_health() -> PouHealthOut:
 )
 def post_agent(body: AgentIn, response: Response) -> AgentOut:
     agent, created = service.register_agent(body)
-    if not created:
-        response.status_code = status.HTTP_200_OK
+    created_or_existing(response, created)
     return agent
 
 
